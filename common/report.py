@@ -1,0 +1,163 @@
+"""The report contract every use case follows: ``report.json`` + ``REPORT.md`` + PNG plots in the run folder.
+
+Required keys of the report dict (checked by :func:`validate_report`)::
+
+    usecase, model, method, hardware,
+    train: {seconds, throughput: {value, unit}, peak_memory_mb},
+    primary_metric,                      # a key present in metrics.before and metrics.after
+    metrics: {before: {...}, after: {...}}   # the same evaluation, base model vs fine-tuned, held-out data
+
+Anything else (data sizes, config, extra evaluations) may be added freely.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+
+REQUIRED = ("usecase", "model", "method", "hardware", "train", "primary_metric", "metrics")
+
+
+def validate_report(report: dict) -> None:
+    """Raise ``ValueError`` naming the first missing or inconsistent field of the report contract."""
+    missing = [k for k in REQUIRED if k not in report]
+    if missing:
+        raise ValueError(f"report is missing {missing}")
+    for key in ("seconds", "throughput", "peak_memory_mb"):
+        if key not in report["train"]:
+            raise ValueError(f"report.train is missing '{key}'")
+    for side in ("before", "after"):
+        if side not in report["metrics"]:
+            raise ValueError(f"report.metrics is missing '{side}'")
+        if report["primary_metric"] not in report["metrics"][side]:
+            raise ValueError(f"primary metric '{report['primary_metric']}' missing from metrics.{side}")
+
+
+def plot_loss(log_history: Sequence[dict], path: Path) -> Path | None:
+    """Training (and evaluation) loss against step, from a Trainer's ``state.log_history``."""
+    train = [(h["step"], h["loss"]) for h in log_history if "loss" in h and "step" in h]
+    evals = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
+    if not train and not evals:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    if train:
+        ax.plot(*zip(*train), label="train loss", color="tab:blue")
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="eval loss", color="tab:orange")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title("Loss")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _numeric_shared(before: dict, after: dict) -> list[str]:
+    return [k for k, v in before.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and isinstance(after.get(k), (int, float))
+            and 0 <= v <= 1 and 0 <= after[k] <= 1]
+
+
+def plot_before_after(before: dict, after: dict, path: Path, title: str = "Before -> after fine-tuning") -> Path | None:
+    """Grouped bars of every metric in [0, 1] that both sides report."""
+    keys = _numeric_shared(before, after)
+    if not keys:
+        return None
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.3 * len(keys) + 2), 3.6))
+    xs = range(len(keys))
+    w = 0.38
+    b = ax.bar([x - w / 2 for x in xs], [before[k] for k in keys], w, label="base model", color="tab:gray")
+    a = ax.bar([x + w / 2 for x in xs], [after[k] for k in keys], w, label="fine-tuned", color="tab:green")
+    for bars in (b, a):
+        ax.bar_label(bars, fmt="%.2f", fontsize=8)
+    ax.set_xticks(list(xs), keys, rotation=15)
+    ax.set_ylim(0, 1.12)
+    ax.legend(loc="upper left")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.4g}"
+    return str(v)
+
+
+def _metrics_table(before: dict, after: dict, primary: str) -> str:
+    rows = ["| metric | base model | fine-tuned | change |", "|---|---|---|---|"]
+    for k in [k for k in before if k in after]:
+        bv, av = before[k], after[k]
+        if isinstance(bv, (dict, list)) or isinstance(av, (dict, list)):
+            continue
+        delta = _fmt(av - bv) if isinstance(bv, (int, float)) and isinstance(av, (int, float)) else ""
+        name = f"**{k}**" if k == primary else k
+        rows.append(f"| {name} | {_fmt(bv)} | {_fmt(av)} | {delta} |")
+    return "\n".join(rows)
+
+
+def write_report(
+    output_dir: str | Path,
+    report: dict,
+    log_history: Sequence[dict] | None = None,
+    sections: Sequence[tuple[str, str]] = (),
+) -> Path:
+    """Validate and write ``report.json``, ``REPORT.md``, ``loss.png`` and ``before_after.png``.
+
+    Args:
+        output_dir: the run folder (``train.py --output_dir``).
+        report: the report dict (see module docstring); written as JSON unchanged.
+        log_history: ``trainer.state.log_history`` for the loss curve.
+        sections: extra ``(heading, markdown)`` blocks for REPORT.md, e.g. a confusion-matrix image
+            or example predictions written by the recipe.
+
+    Returns:
+        The path of ``report.json``.
+    """
+    validate_report(report)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    before, after, primary = report["metrics"]["before"], report["metrics"]["after"], report["primary_metric"]
+    figures = []
+    if log_history and plot_loss(log_history, out / "loss.png"):
+        figures.append(("Loss curve", "loss.png"))
+    if plot_before_after(before, after, out / "before_after.png"):
+        figures.append(("Before -> after", "before_after.png"))
+    report = {**report, "figures": [f for _, f in figures]}
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+
+    train = report["train"]
+    tp = train["throughput"]
+    lines = [
+        f"# {report['usecase']}: fine-tuning report",
+        "",
+        f"- **model:** {report['model']}",
+        f"- **method:** {report['method']}",
+        f"- **hardware:** {report['hardware']}",
+        f"- **training time:** {train['seconds']:.1f} s; throughput {_fmt(tp['value'])} {tp['unit']}; "
+        f"peak memory {train['peak_memory_mb']:.0f} MiB",
+        f"- **primary metric:** `{primary}`: {_fmt(before[primary])} -> **{_fmt(after[primary])}** (held-out data)",
+        "",
+        "## Before -> after (same evaluation, base model vs fine-tuned)",
+        "",
+        _metrics_table(before, after, primary),
+        "",
+    ]
+    for title, name in figures:
+        lines += [f"## {title}", "", f"![{title}]({name})", ""]
+    for heading, body in sections:
+        lines += [f"## {heading}", "", body.rstrip(), ""]
+    (out / "REPORT.md").write_text("\n".join(lines))
+    return out / "report.json"
