@@ -204,7 +204,7 @@ def load_causal_lm(model_args, trust_remote_code: bool = False, hw: Hardware | N
     are quantized to NF4 by bitsandbytes, which needs CUDA.
     """
     from transformers import AutoModelForCausalLM
-    from trl import get_kbit_device_map, get_quantization_config
+    from trl import get_quantization_config
 
     hw = hw or detect()
     dtype = resolve_dtype(model_args.dtype, hw)
@@ -218,7 +218,7 @@ def load_causal_lm(model_args, trust_remote_code: bool = False, hw: Hardware | N
                              "on this machine use plain LoRA (load_in_4bit: false).")
         quant_args = type(model_args)(**{**vars(model_args), "dtype": str(dtype).removeprefix("torch.")})
         kwargs["quantization_config"] = get_quantization_config(quant_args)
-        kwargs["device_map"] = get_kbit_device_map()
+        kwargs["device_map"] = {"": torch.cuda.current_device()}  # k-bit weights live on this process's GPU
     return AutoModelForCausalLM.from_pretrained(resolve_model(model_args.model_name_or_path), **kwargs)
 
 

@@ -1,0 +1,165 @@
+"""Load datasets and validate them against a recipe's schema before any training starts.
+
+Sources: a local ``.jsonl`` / ``.json`` / ``.csv`` file or a hub dataset id (``name`` or ``name:split``).
+Every problem is reported with the file, the row (1-based line for JSONL) and what is wrong, e.g.::
+
+    data/train.jsonl, row 17: messages[2].role is 'asistant'; expected one of system, user, assistant
+
+Schemas (TRL's dataset formats):
+
+- ``messages``: a list of ``{"role", "content"}`` turns ending with an assistant turn;
+- ``prompt_completion``: ``prompt`` and ``completion`` (both strings, or both message lists);
+- ``preference``: ``prompt``, ``chosen`` and ``rejected``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from datasets import Dataset
+
+ROLES = ("system", "user", "assistant")
+MAX_LISTED = 10
+
+
+class DataValidationError(ValueError):
+    """Bad input data; the message names the source, the row(s) and the problem."""
+
+
+def read_rows(source: str | Path) -> list[dict]:
+    """Read a JSONL/JSON/CSV file into a list of dicts; malformed lines raise with file and line number."""
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.suffix == ".jsonl":
+        rows = []
+        with path.open(encoding="utf-8") as f:
+            for i, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataValidationError(f"{path}, row {i}: not valid JSON ({e.msg} at column {e.colno})") from None
+                if not isinstance(row, dict):
+                    raise DataValidationError(f"{path}, row {i}: expected a JSON object, got {type(row).__name__}")
+                rows.append(row)
+        return rows
+    if path.suffix == ".json":
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, list):
+            raise DataValidationError(f"{path}: expected a JSON list of objects")
+        return data
+    if path.suffix == ".csv":
+        with path.open(encoding="utf-8", newline="") as f:
+            return list(csv.DictReader(f))
+    raise DataValidationError(f"{path}: unsupported file type '{path.suffix}' (use .jsonl, .json or .csv)")
+
+
+def _check_messages(msgs, field: str, need_last_assistant: bool) -> str | None:
+    if not isinstance(msgs, list) or not msgs:
+        return f"'{field}' must be a non-empty list of {{role, content}} turns"
+    for j, m in enumerate(msgs):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            return f"{field}[{j}] must be an object with 'role' and 'content'"
+        if m["role"] not in ROLES:
+            return f"{field}[{j}].role is {m['role']!r}; expected one of {', '.join(ROLES)}"
+        if not isinstance(m["content"], str) or not m["content"].strip():
+            return f"{field}[{j}].content is empty or not a string"
+    if need_last_assistant and msgs[-1]["role"] != "assistant":
+        return f"the last turn of '{field}' must be the assistant's answer (got {msgs[-1]['role']!r})"
+    return None
+
+
+def _check_text_or_messages(row: dict, field: str, as_answer: bool) -> str | None:
+    value = row.get(field)
+    if value is None:
+        return f"missing field '{field}'"
+    if isinstance(value, str):
+        return None if value.strip() else f"'{field}' is empty"
+    if isinstance(value, list):
+        err = _check_messages(value, field, need_last_assistant=as_answer)
+        if err is None and as_answer and any(m["role"] != "assistant" for m in value):
+            return f"'{field}' may only hold assistant turns"
+        return err
+    return f"'{field}' must be a string or a list of messages, got {type(value).__name__}"
+
+
+def _messages_problem(row: dict) -> str | None:
+    if "messages" not in row:
+        return "missing field 'messages'"
+    return _check_messages(row["messages"], "messages", need_last_assistant=True)
+
+
+def _prompt_completion_problem(row: dict) -> str | None:
+    return _check_text_or_messages(row, "prompt", False) or _check_text_or_messages(row, "completion", True)
+
+
+def _preference_problem(row: dict) -> str | None:
+    for field, as_answer in (("prompt", False), ("chosen", True), ("rejected", True)):
+        err = _check_text_or_messages(row, field, as_answer)
+        if err:
+            return err
+    if row["chosen"] == row["rejected"]:
+        return "'chosen' and 'rejected' are identical"
+    return None
+
+
+SCHEMAS: dict[str, Callable[[dict], str | None]] = {
+    "messages": _messages_problem,
+    "prompt_completion": _prompt_completion_problem,
+    "preference": _preference_problem,
+}
+
+
+def validate_rows(rows: Iterable[dict], schema: str, source: str, skip_invalid: bool = False) -> tuple[list[dict], int]:
+    """Check every row against ``schema``.
+
+    Returns ``(valid_rows, n_skipped)``. Unless ``skip_invalid`` is set, any bad row raises
+    :class:`DataValidationError` listing the first problems (file, row, what is wrong) and how many there are.
+    """
+    check = SCHEMAS[schema]
+    valid, problems = [], []
+    for i, row in enumerate(rows, start=1):
+        err = check(row) if isinstance(row, dict) else f"expected an object, got {type(row).__name__}"
+        if err:
+            problems.append(f"{source}, row {i}: {err}")
+        else:
+            valid.append(row)
+    if problems and not skip_invalid:
+        listed = "\n  ".join(problems[:MAX_LISTED])
+        more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+        raise DataValidationError(f"{len(problems)} invalid row(s) for schema '{schema}':\n  {listed}{more}")
+    if not valid:
+        raise DataValidationError(f"{source}: no valid rows for schema '{schema}'")
+    return valid, len(problems)
+
+
+def load_dataset_validated(source: str | Path, schema: str, skip_invalid: bool = False,
+                           split: str = "train") -> tuple[Dataset, int]:
+    """Load a local file or a hub dataset, validate it, and return ``(Dataset, n_skipped)``."""
+    path = Path(source)
+    if path.suffix in (".jsonl", ".json", ".csv") or path.exists():
+        rows = read_rows(path)
+        name = str(path)
+    else:  # hub dataset id, optionally "name:split"
+        from datasets import load_dataset
+
+        name, _, hub_split = str(source).partition(":")
+        rows = list(load_dataset(name, split=hub_split or split))
+    valid, skipped = validate_rows(rows, schema, name, skip_invalid=skip_invalid)
+    return Dataset.from_list(valid), skipped
+
+
+def messages_to_prompt_completion(example: dict) -> dict:
+    """Split a ``messages`` conversation into a conversational ``prompt`` / ``completion`` pair.
+
+    The completion is the final assistant turn; everything before it is the prompt. TRL then computes the
+    loss on the completion only (answer tokens + end-of-turn), which works with any chat template -- unlike
+    ``assistant_only_loss``, which needs ``{% generation %}`` markers that many templates lack.
+    """
+    msgs = example["messages"]
+    return {"prompt": msgs[:-1], "completion": msgs[-1:]}

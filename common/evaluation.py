@@ -1,0 +1,96 @@
+"""Evaluation shared by the recipes: batched generation and the metrics built on it.
+
+The same function runs on the base model and on the fine-tuned one, so every report compares like with like.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+
+@torch.inference_mode()
+def generate_chat(model, tokenizer, conversations: Sequence[list[dict]], max_new_tokens: int = 64,
+                  batch_size: int = 16, desc: str = "generating") -> list[str]:
+    """Greedy answers to chat prompts (each a list of messages ending with the user's turn).
+
+    Prompts are left-padded into batches (sorted by length to waste little padding); generation stops at
+    the tokenizer's end-of-turn token. Returns the decoded answers in input order.
+    """
+    model.eval()
+    texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    answers: list[str] = [""] * len(texts)
+    padding_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    device = next(model.parameters()).device
+    try:
+        for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False):
+            idx = order[start:start + batch_size]
+            enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True,
+                            add_special_tokens=False).to(device)
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            new = out[:, enc["input_ids"].shape[1]:]
+            for i, seq in zip(idx, new):
+                answers[i] = tokenizer.decode(seq, skip_special_tokens=True).strip()
+    finally:
+        tokenizer.padding_side = padding_side
+    return answers
+
+
+def normalize(text: str) -> str:
+    """Lower-case, strip accents, unify dashes/quotes and collapse whitespace (for key-term matching)."""
+    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    text = text.lower().replace("\u2013", "-").replace("\u2014", "-")
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def term_present(term: str, text: str) -> bool:
+    """True when ``term`` (or one of its ``|``-separated alternatives) occurs in ``text`` as a whole token run."""
+    norm = normalize(text)
+    for alt in term.split("|"):
+        alt = normalize(alt)
+        # word boundaries where the term starts/ends with a word character ("8" must not match "18")
+        pattern = (r"(?<![\w])" if alt[:1].isalnum() else "") + re.escape(alt) + (r"(?![\w])" if alt[-1:].isalnum() else "")
+        if re.search(pattern, norm):
+            return True
+    return False
+
+
+def key_terms_score(answer: str, key_terms: Sequence[str]) -> bool:
+    """A fact counts as answered when *every* key term is present in the answer."""
+    return all(term_present(t, answer) for t in key_terms)
+
+
+def key_terms_accuracy(answers: Sequence[str], key_terms: Sequence[Sequence[str]]) -> float:
+    """Share of answers that contain all their key terms."""
+    if not answers:
+        return float("nan")
+    return sum(key_terms_score(a, k) for a, k in zip(answers, key_terms, strict=True)) / len(answers)
+
+
+@torch.inference_mode()
+def completion_perplexity(model, tokenizer, prompts: Sequence[list[dict]], completions: Sequence[str],
+                          batch_size: int = 16) -> float:
+    """Perplexity of reference answers given their prompts (answer tokens + end-of-turn only)."""
+    device = next(model.parameters()).device
+    total_nll, total_tokens = 0.0, 0
+    for start in range(0, len(prompts), batch_size):
+        for p, c in zip(prompts[start:start + batch_size], completions[start:start + batch_size]):
+            prompt_ids = tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True,
+                                                       return_dict=False)
+            full_ids = tokenizer.apply_chat_template([*p, {"role": "assistant", "content": c}], tokenize=True,
+                                                     return_dict=False)
+            ids = torch.tensor([full_ids], device=device)
+            labels = ids.clone()
+            labels[:, :len(prompt_ids)] = -100
+            n = int((labels != -100).sum()) - 1  # shifted inside the model
+            loss = model(input_ids=ids, labels=labels).loss
+            total_nll += float(loss) * n
+            total_tokens += n
+    return float(torch.exp(torch.tensor(total_nll / max(total_tokens, 1))))

@@ -1,0 +1,125 @@
+"""SFT on a tiny random SmolLM2 (real tokenizer and chat template): masking, learning, resume, merge parity."""
+
+import json
+
+import pytest
+import torch
+from transformers import TrainerCallback
+from trl import SFTConfig, get_peft_config
+
+from common.config import ModelArguments
+from common.data import messages_to_prompt_completion
+from common.export import merge_and_export
+from common.models import TINY_TEXT_ALIAS, load_causal_lm, load_tokenizer, load_trained_causal_lm
+from common.train import build_sft_trainer, train_and_measure
+from datasets import Dataset
+
+QA = [("What is the Team price?", "Team costs $9 per member."), ("Which key adds a sticky?", "Press N."),
+      ("How long is the trial?", "The trial lasts 21 days."), ("Max editors?", "Up to 120 people.")]
+
+
+def _dataset(n_repeat=2):
+    rows = [{"messages": [{"role": "system", "content": "Support bot."}, {"role": "user", "content": q},
+                          {"role": "assistant", "content": a}]} for q, a in QA] * n_repeat
+    ds = Dataset.from_list(rows)
+    return ds.map(messages_to_prompt_completion, remove_columns=ds.column_names)
+
+
+def _args(tmp_path, **kw):
+    base = dict(output_dir=str(tmp_path / "run"), per_device_train_batch_size=4, learning_rate=5e-3,
+                max_steps=8, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, bf16=False,
+                activation_checkpointing=False, seed=0, data_seed=0, disable_tqdm=True)
+    base.update(kw)
+    return SFTConfig(**base)
+
+
+def _trainer(tmp_path, **kw):
+    model_args = ModelArguments(model_name_or_path=TINY_TEXT_ALIAS, lora_r=8, lora_alpha=16)
+    tokenizer = load_tokenizer(TINY_TEXT_ALIAS)
+    model = load_causal_lm(model_args)
+    return build_sft_trainer(model, tokenizer, _args(tmp_path, **kw), _dataset(), peft_config=get_peft_config(model_args))
+
+
+def test_tokenizer_pads_with_a_token_other_than_eos():
+    tok = load_tokenizer(TINY_TEXT_ALIAS)
+    assert tok.pad_token_id is not None and tok.pad_token_id != tok.eos_token_id
+
+
+def test_loss_mask_covers_exactly_the_answer_and_end_of_turn(tmp_path):
+    trainer = _trainer(tmp_path)
+    tok = trainer.processing_class
+    row = trainer.train_dataset[0]
+    ids, mask = row["input_ids"], [label != -100 for label in row["labels"]]
+    trained = tok.decode([i for i, m in zip(ids, mask) if m])
+    untrained = tok.decode([i for i, m in zip(ids, mask) if not m])
+    assert sum(mask) > 0
+    assert trained.startswith(QA[0][1]) and trained.rstrip("\n").endswith("<|im_end|>")
+    assert trained.replace(QA[0][1], "").strip() == "<|im_end|>"  # answer + end-of-turn, nothing else
+    assert QA[0][0] in untrained and "Support bot." in untrained and QA[0][1] not in untrained
+
+
+def test_lora_learns_and_base_weights_stay_frozen(tmp_path):
+    trainer = _trainer(tmp_path)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    stats = train_and_measure(trainer)
+    changed = [n for n, p in trainer.model.named_parameters() if not torch.equal(before[n], p)]
+    assert changed and all("lora_" in n for n in changed)
+    assert len(changed) == sum("lora_B" in n or "lora_A" in n for n in before)  # every adapter moved
+    assert stats["final_train_loss"] < stats["first_train_loss"]
+    assert torch.isfinite(torch.tensor(stats["final_train_loss"]))
+    assert stats["throughput"]["unit"] == "tokens/s" and stats["throughput"]["value"] > 0
+
+
+class _Kill(TrainerCallback):
+    """Simulates a killed run: raises right after the checkpoint of step ``at`` is written."""
+
+    def __init__(self, at):
+        self.at = at
+
+    def on_save(self, args, state, control, **kw):
+        if state.global_step == self.at:
+            raise KeyboardInterrupt
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path):
+    kw = dict(save_strategy="steps", save_steps=2, max_steps=6)
+    straight = _trainer(tmp_path / "a", **kw)
+    train_and_measure(straight)
+    reference = {n: p.detach().clone() for n, p in straight.model.named_parameters() if p.requires_grad}
+
+    killed = _trainer(tmp_path / "b", **kw)
+    killed.add_callback(_Kill(at=4))
+    with pytest.raises(KeyboardInterrupt):
+        killed.train()
+    resumed = _trainer(tmp_path / "b", **kw)  # a new process would build exactly this
+    stats = train_and_measure(resumed)
+    assert stats["resumed_from"].endswith("checkpoint-4") and stats["steps"] == 2
+    for n, p in resumed.model.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p, reference[n], rtol=1e-5, atol=1e-6, msg=f"{n} differs after resume")
+
+
+def test_merge_export_matches_base_plus_adapter(tmp_path):
+    trainer = _trainer(tmp_path, max_steps=4)
+    trainer.train()
+    trainer.save_model(str(tmp_path / "adapter"))
+    trainer.processing_class.save_pretrained(tmp_path / "adapter")
+    probe = [[{"role": "user", "content": q}] for q, _ in QA]
+    diff = merge_and_export(trainer.model, trainer.processing_class, tmp_path / "merged", probe,
+                            card={"task": "test", "metrics": {"x": 1}})
+    assert diff < 1e-4
+    assert (tmp_path / "merged" / "model.safetensors").exists() and (tmp_path / "merged" / "README.md").exists()
+    merged, tok = load_trained_causal_lm(tmp_path / "merged")
+    adapter, _ = load_trained_causal_lm(tmp_path / "adapter")
+    enc = tok(["Press N to add a sticky note."], return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**enc).logits, adapter(**enc).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_merge_refuses_to_export_when_parity_fails(tmp_path):
+    trainer = _trainer(tmp_path, max_steps=1)
+    trainer.train()
+    with pytest.raises(RuntimeError, match="not exported"):
+        merge_and_export(trainer.model, trainer.processing_class, tmp_path / "merged",
+                         [[{"role": "user", "content": "Hi"}]], atol=-1.0)
+    assert not (tmp_path / "merged").exists()

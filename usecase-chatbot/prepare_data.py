@@ -1,0 +1,115 @@
+"""Turn the Brightboard help center into chat training data.
+
+    python usecase-chatbot/prepare_data.py --out_dir usecase-chatbot/data/processed
+
+Reads ``data/help_center.md`` (every statement tagged ``{#id}``) and ``data/questions.yaml`` (how users ask
+about each statement) and writes three JSONL files of ``messages`` conversations:
+
+- ``train.jsonl``: every statement, asked in its training phrasings (data expansion: 4 phrasings each);
+- ``valid.jsonl``: one held-out phrasing per statement, for early stopping on eval loss;
+- ``test.jsonl``:  two more held-out phrasings per statement, never trained on, with ``key_terms``.
+
+Facts vs phrasings: every fact is trained (a support bot must know all of its documentation); the held-out
+splits hold out *phrasings*, so the test measures whether the model learned the fact rather than a string.
+
+Bring your own product: write your docs in the same ``- {#id} statement`` form and your questions in the same
+YAML shape, and point ``--docs`` / ``--questions`` (or ``docs_file`` / ``questions_file`` in config.yaml) at them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+STATEMENT = re.compile(r"^- \{#([\w-]+)\} (.+)$", re.MULTILINE)
+
+
+def read_statements(docs_file: Path) -> dict[str, str]:
+    """``{id: statement}`` from the help-center markdown; duplicated ids are an error."""
+    found = STATEMENT.findall(docs_file.read_text(encoding="utf-8"))
+    statements: dict[str, str] = {}
+    for fact_id, text in found:
+        if fact_id in statements:
+            raise ValueError(f"{docs_file}: statement id '{fact_id}' appears twice")
+        statements[fact_id] = text.strip()
+    if not statements:
+        raise ValueError(f"{docs_file}: no '- {{#id}} statement' lines found")
+    return statements
+
+
+def read_questions(questions_file: Path, statements: dict[str, str]) -> dict[str, dict]:
+    """Questions per statement id, checked against the docs (unknown ids, missing splits, key terms)."""
+    from common.evaluation import key_terms_score
+
+    questions = yaml.safe_load(questions_file.read_text(encoding="utf-8"))
+    for fact_id, q in questions.items():
+        where = f"{questions_file}, entry '{fact_id}'"
+        if fact_id not in statements:
+            raise ValueError(f"{where}: no statement with this id in the docs")
+        for key in ("keys", "train", "valid", "test"):
+            if not q.get(key):
+                raise ValueError(f"{where}: missing or empty '{key}'")
+        if not key_terms_score(statements[fact_id], q["keys"]):
+            raise ValueError(f"{where}: key terms {q['keys']} do not all occur in the statement itself")
+    missing = set(statements) - set(questions)
+    if missing:
+        raise ValueError(f"{questions_file}: no questions for statements {sorted(missing)}")
+    return questions
+
+
+def conversation(system_prompt: str, question: str, answer: str) -> list[dict]:
+    return [{"role": "system", "content": system_prompt},
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": answer}]
+
+
+def build_splits(docs_file: Path, questions_file: Path, system_prompt: str, seed: int = 0) -> dict[str, list[dict]]:
+    """Return ``{"train": rows, "valid": rows, "test": rows}`` of ``messages`` rows."""
+    statements = read_statements(docs_file)
+    questions = read_questions(questions_file, statements)
+    splits: dict[str, list[dict]] = {"train": [], "valid": [], "test": []}
+    for fact_id, answer in statements.items():
+        q = questions[fact_id]
+        for question in q["train"]:
+            splits["train"].append({"fact_id": fact_id, "messages": conversation(system_prompt, question, answer)})
+        splits["valid"].append({"fact_id": fact_id, "messages": conversation(system_prompt, q["valid"], answer)})
+        for question in q["test"]:
+            splits["test"].append({"fact_id": fact_id, "key_terms": q["keys"],
+                                   "messages": conversation(system_prompt, question, answer)})
+    random.Random(seed).shuffle(splits["train"])
+    return splits
+
+
+def write_splits(splits: dict[str, list[dict]], out_dir: Path) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, rows in splits.items():
+        paths[name] = out_dir / f"{name}.jsonl"
+        with paths[name].open("w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return paths
+
+
+def main(argv: list[str] | None = None) -> dict[str, Path]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--docs", type=Path, default=HERE / "data" / "help_center.md")
+    parser.add_argument("--questions", type=Path, default=HERE / "data" / "questions.yaml")
+    parser.add_argument("--config", type=Path, default=HERE / "config.yaml", help="for the system prompt")
+    parser.add_argument("--out_dir", type=Path, default=HERE / "data" / "processed")
+    args = parser.parse_args(argv)
+    system_prompt = yaml.safe_load(args.config.read_text())["system_prompt"]
+    paths = write_splits(build_splits(args.docs, args.questions, system_prompt), args.out_dir)
+    for name, path in paths.items():
+        print(f"{name:5s} {sum(1 for _ in path.open()):4d} conversations -> {path}")
+    return paths
+
+
+if __name__ == "__main__":
+    main()
