@@ -87,7 +87,10 @@ def train_and_measure(trainer: Trainer, token_key: str | None = "num_tokens", un
     out = trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - t0
     history = trainer.state.log_history
-    tokens = next((h[token_key] for h in reversed(history) if token_key and token_key in h), None)
+    # TRL counts the (non-padding) tokens it trained on; fall back to the last logged count.
+    tokens = getattr(trainer, "_total_train_tokens", None) if token_key else None
+    if not tokens:
+        tokens = next((h[token_key] for h in reversed(history) if token_key and token_key in h), None)
     samples = out.metrics.get("train_samples_per_second")
     if tokens is not None:
         throughput = {"value": round(tokens / seconds, 1), "unit": unit}

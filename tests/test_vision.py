@@ -221,7 +221,7 @@ def test_linear_probe_trains_only_the_head_on_cached_features(tmp_path, prepare_
     assert not vision.extract_features(backbone, data["train"], cache)[1]
     backbone.load_state_dict({**backbone.state_dict(), "conv_stem.weight": frozen["conv_stem.weight"]})
 
-    args = vision.VisionModelArguments(method="linear_probe", probe_epochs=40, probe_learning_rate=0.05)
+    args = vision.VisionModelArguments(method="linear_probe", probe_epochs=150, probe_learning_rate=0.1)
     head_before = backbone.classifier.weight.detach().clone()
     vision.fit_linear_probe(backbone, data["train"], _args(tmp_path / "run"), args, cache)
     assert not torch.equal(head_before, backbone.classifier.weight)
@@ -233,20 +233,29 @@ def test_linear_probe_trains_only_the_head_on_cached_features(tmp_path, prepare_
 def test_resume_from_checkpoint_reproduces_the_uninterrupted_run(tmp_path, prepare_data):
     data, classes = _tiny_data(tmp_path, prepare_data)
 
-    def run(out, max_steps, resume=None):
+    from transformers import TrainerCallback
+
+    class KillAfterStep2(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            control.should_training_stop = state.global_step >= 2
+
+    def run(out, resume=None, killed=False):
         torch.manual_seed(0)
         backbone, _ = vision.load_backbone(vision.TINY_VISION_ALIAS, len(classes))
         model = vision.ImageClassifier(vision.prepare_for_method(backbone, vision.VisionModelArguments(method="full")))
-        args = _args(out, max_steps=max_steps, per_device_train_batch_size=4, save_strategy="steps", save_steps=2)
+        args = _args(out, max_steps=5, per_device_train_batch_size=4, save_strategy="steps", save_steps=2)
         trainer = vision.build_trainer(model, args, data["train"], None)
+        if killed:
+            trainer.add_callback(KillAfterStep2())
         trainer.train(resume_from_checkpoint=resume)
         return model
 
-    full = run(tmp_path / "a", 4)
-    run(tmp_path / "b", 2)  # "killed" after step 2 (its checkpoint-2 is complete)
-    resumed = run(tmp_path / "b", 4, resume=str(tmp_path / "b" / "checkpoint-2"))
+    full = run(tmp_path / "a")
+    interrupted = run(tmp_path / "b", killed=True)  # stops after step 2; its checkpoint-2 is complete
+    assert not torch.equal(interrupted.backbone.conv_stem.weight, full.backbone.conv_stem.weight)
+    resumed = run(tmp_path / "b", resume=str(tmp_path / "b" / "checkpoint-2"))
     for (n, p), q in zip(full.named_parameters(), resumed.parameters()):
-        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=n)
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
 def test_trainer_keeps_best_checkpoint_by_macro_f1(tmp_path, prepare_data):

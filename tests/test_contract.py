@@ -1,0 +1,53 @@
+"""The contract every use case keeps: discovered from the ``usecase-*`` folders, run end to end on tiny models.
+
+A use-case folder must hold README.md, config.yaml, config.smoke.yaml, prepare_data.py, train.py and a
+``predict.py`` or ``chat.py``. The test runs, as a user would (subprocesses from the repository root):
+
+1. ``train.py --config config.smoke.yaml --output_dir RUN`` -> ``RUN/report.json`` obeys the report contract,
+   ``RUN/REPORT.md`` and the plots exist;
+2. ``predict.py|chat.py --model_dir RUN --examples 2`` -> exits 0 and prints something.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from common.report import validate_report
+
+REPO = Path(__file__).resolve().parents[1]
+USECASES = sorted(p for p in REPO.glob("usecase-*") if p.is_dir())
+REQUIRED = ("README.md", "config.yaml", "config.smoke.yaml", "prepare_data.py", "train.py")
+
+
+def _run(args, timeout=600):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([sys.executable, *map(str, args)], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(map(str, args))} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+def test_usecases_are_discovered():
+    assert {p.name for p in USECASES} >= {"usecase-chatbot"}
+
+
+@pytest.mark.parametrize("folder", USECASES, ids=[p.name for p in USECASES])
+def test_usecase_end_to_end(folder, tmp_path):
+    for name in REQUIRED:
+        assert (folder / name).exists(), f"{folder.name} lacks {name}"
+    predictor = next((folder / n for n in ("predict.py", "chat.py") if (folder / n).exists()), None)
+    assert predictor, f"{folder.name} lacks predict.py or chat.py"
+
+    run = tmp_path / "run"
+    _run([folder / "train.py", "--config", folder / "config.smoke.yaml", "--output_dir", run])
+    report = json.loads((run / "report.json").read_text())
+    validate_report(report)
+    assert report["usecase"] and report["train"]["seconds"] > 0
+    assert (run / "REPORT.md").exists() and (run / "before_after.png").exists()
+
+    out = _run([predictor, "--model_dir", run, "--examples", "2"])
+    assert out.stdout.strip(), f"{predictor.name} printed nothing"

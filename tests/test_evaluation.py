@@ -1,0 +1,67 @@
+"""Key-term scoring, batched generation order, and the report contract."""
+
+import json
+
+import pytest
+
+from common.evaluation import generate_chat, key_terms_accuracy, key_terms_score, term_present
+from common.report import validate_report, write_report
+
+
+@pytest.mark.parametrize("term, text, expected", [
+    ("$9", "The Team plan costs $9 per member.", True),
+    ("$9", "It costs $99.", False),
+    ("8,000|8000", "up to 8000 objects", True),
+    ("120", "Up to 1200 people", False),
+    ("press N", "Press N to add a sticky note.", True),
+    ("press N", "Press Enter to confirm", False),
+    ("Ctrl+Shift+L", "use ctrl+shift+l on Windows", True),
+    ("40%|40 percent", "a 40 percent discount", True),
+    ("Frankfurt", "stored in Frankfurt, Germany", True),
+])
+def test_term_present(term, text, expected):
+    assert term_present(term, text) is expected
+
+
+def test_all_key_terms_are_required():
+    assert key_terms_score("Export to PDF, PNG and SVG.", ["PDF", "SVG"])
+    assert not key_terms_score("Export to PDF.", ["PDF", "SVG"])
+    assert key_terms_accuracy(["PDF SVG", "PDF"], [["PDF", "SVG"], ["SVG"]]) == 0.5
+
+
+def test_generate_chat_keeps_input_order():
+    from common.models import TINY_TEXT_ALIAS, load_causal_lm, load_tokenizer
+    from common.config import ModelArguments
+
+    tok = load_tokenizer(TINY_TEXT_ALIAS)
+    model = load_causal_lm(ModelArguments(model_name_or_path=TINY_TEXT_ALIAS))
+    prompts = [[{"role": "user", "content": "a " * n}] for n in (9, 1, 5)]
+    batched = generate_chat(model, tok, prompts, max_new_tokens=5, batch_size=2)
+    single = [generate_chat(model, tok, [p], max_new_tokens=5)[0] for p in prompts]
+    assert batched == single and tok.padding_side == "right"
+
+
+def _report(**over):
+    rep = {"usecase": "x", "model": "m", "method": "SFT", "hardware": "cpu",
+           "train": {"seconds": 1.0, "throughput": {"value": 2.0, "unit": "tokens/s"}, "peak_memory_mb": 3.0},
+           "primary_metric": "acc", "metrics": {"before": {"acc": 0.2}, "after": {"acc": 0.8}}}
+    rep.update(over)
+    return rep
+
+
+def test_report_contract_is_enforced():
+    validate_report(_report())
+    with pytest.raises(ValueError, match="missing"):
+        validate_report({k: v for k, v in _report().items() if k != "hardware"})
+    with pytest.raises(ValueError, match="primary metric 'f1'"):
+        validate_report(_report(primary_metric="f1"))
+
+
+def test_write_report_files(tmp_path):
+    history = [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.0}, {"step": 2, "eval_loss": 1.5}]
+    write_report(tmp_path, _report(), history, sections=[("Examples", "| a | b |")])
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data["metrics"]["after"]["acc"] == 0.8 and set(data["figures"]) == {"loss.png", "before_after.png"}
+    md = (tmp_path / "REPORT.md").read_text()
+    assert "0.2 -> **0.8**" in md and "## Examples" in md and "![Loss curve](loss.png)" in md
+    assert (tmp_path / "loss.png").stat().st_size > 1000
