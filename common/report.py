@@ -108,6 +108,17 @@ def _metrics_table(before: dict, after: dict, primary: str) -> str:
     return "\n".join(rows)
 
 
+def _finite(obj):
+    """NaN/inf are not JSON: write them as null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def write_report(
     output_dir: str | Path,
     report: dict,
@@ -136,7 +147,7 @@ def write_report(
     if plot_before_after(before, after, out / "before_after.png"):
         figures.append(("Before -> after", "before_after.png"))
     report = {**report, "figures": [f for _, f in figures]}
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    (out / "report.json").write_text(json.dumps(_finite(report), indent=2, default=str, allow_nan=False) + "\n")
 
     train = report["train"]
     tp = train["throughput"]

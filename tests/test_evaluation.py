@@ -30,8 +30,8 @@ def test_all_key_terms_are_required():
 
 
 def test_generate_chat_keeps_input_order():
-    from common.models import TINY_TEXT_ALIAS, load_causal_lm, load_tokenizer
     from common.config import ModelArguments
+    from common.models import TINY_TEXT_ALIAS, load_causal_lm, load_tokenizer
 
     tok = load_tokenizer(TINY_TEXT_ALIAS)
     model = load_causal_lm(ModelArguments(model_name_or_path=TINY_TEXT_ALIAS))

@@ -76,7 +76,10 @@ def test_cpu_flag_parsing(monkeypatch, tmp_path):
     for flags, expected in (("fpu sse avx2 fma", False), ("fpu avx512f avx512_bf16 amx_tile", True)):
         cpuinfo = tmp_path / "cpuinfo"
         cpuinfo.write_text(f"processor : 0\nflags\t\t: {flags}\n")
-        monkeypatch.setattr(builtins, "open", lambda p, *a, **k: real_open(cpuinfo if p == "/proc/cpuinfo" else p, *a, **k))
+        def fake_open(p, *a, _file=cpuinfo, **k):
+            return real_open(_file if p == "/proc/cpuinfo" else p, *a, **k)
+
+        monkeypatch.setattr(builtins, "open", fake_open)
         assert hardware.cpu_has_native_bf16() is expected
 
 

@@ -1,9 +1,9 @@
 """SFT on a tiny random SmolLM2 (real tokenizer and chat template): masking, learning, resume, merge parity."""
 
-import json
 
 import pytest
 import torch
+from datasets import Dataset
 from transformers import TrainerCallback
 from trl import SFTConfig, get_peft_config
 
@@ -12,7 +12,6 @@ from common.data import messages_to_prompt_completion
 from common.export import merge_and_export
 from common.models import TINY_TEXT_ALIAS, load_causal_lm, load_tokenizer, load_trained_causal_lm
 from common.train import build_sft_trainer, train_and_measure
-from datasets import Dataset
 
 QA = [("What is the Team price?", "Team costs $9 per member."), ("Which key adds a sticky?", "Press N."),
       ("How long is the trial?", "The trial lasts 21 days."), ("Max editors?", "Up to 120 people.")]
