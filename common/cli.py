@@ -3,6 +3,7 @@
     cookbook models                     # convert the embedded defaults once (idempotent)
     cookbook new usecase-invoices --from usecase-chatbot
     cookbook list
+    cookbook results runs/chatbot        # a README-ready markdown table from a run's report.json
 """
 
 from __future__ import annotations
@@ -56,6 +57,32 @@ def _list(_: argparse.Namespace) -> int:
     return 0
 
 
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
+    return str(v)
+
+
+def _results(args: argparse.Namespace) -> int:
+    import json
+
+    report = json.loads((Path(args.run_dir) / "report.json").read_text())
+    before, after, train = report["metrics"]["before"], report["metrics"]["after"], report["train"]
+    print(f"Run: `{report['model']}`, {report['method']}, on {report['hardware']}.\n")
+    print("| metric (held-out) | base model | fine-tuned |\n|---|---|---|")
+    for key, value in before.items():
+        if isinstance(value, (int, float)) and isinstance(after.get(key), (int, float)):
+            name = f"**{key}**" if key == report["primary_metric"] else key
+            print(f"| {name} | {_fmt(value)} | {_fmt(after[key])} |")
+    for key in after.keys() - before.keys():
+        if isinstance(after[key], (int, float)):
+            print(f"| {key} | | {_fmt(after[key])} |")
+    tp = train["throughput"]
+    print(f"\n| training | |\n|---|---|\n| time | {train['seconds']:.0f} s |\n"
+          f"| throughput | {_fmt(tp['value'])} {tp['unit']} |\n| peak memory | {train['peak_memory_mb']:.0f} MiB |")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cookbook", description="Fine-Tuning Cookbook helper commands.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -65,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     new.add_argument("--from", dest="source", default="usecase-chatbot")
     new.set_defaults(fn=_new)
     sub.add_parser("list", help="list the use cases").set_defaults(fn=_list)
+    results = sub.add_parser("results", help="print a markdown results table from a run's report.json")
+    results.add_argument("run_dir")
+    results.set_defaults(fn=_results)
     args = parser.parse_args(argv)
     return args.fn(args)
 

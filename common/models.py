@@ -87,7 +87,7 @@ def embedded_file(alias: str) -> Path:
     return Path(dist.locate_file(files[0]))
 
 
-def _atomic_save(out_dir: Path, save) -> Path:
+def atomic_save(out_dir: Path, save) -> Path:
     """Run ``save(tmp_dir)`` then move the folder into place, so a killed conversion leaves no half cache."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
@@ -138,7 +138,7 @@ def _convert_smollm2(out_dir: Path) -> Path:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
 
-    return _atomic_save(out_dir, save)
+    return atomic_save(out_dir, save)
 
 
 def _build_tiny_smollm2(out_dir: Path) -> Path:
@@ -157,7 +157,7 @@ def _build_tiny_smollm2(out_dir: Path) -> Path:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
 
-    return _atomic_save(out_dir, save)
+    return atomic_save(out_dir, save)
 
 
 _BUILDERS = {"smollm2-135m-instruct": _convert_smollm2, TINY_TEXT_ALIAS: _build_tiny_smollm2}

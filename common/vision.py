@@ -38,7 +38,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from torch import nn
 
 from common.hardware import detect
-from common.models import _atomic_save, cache_dir, embedded_file
+from common.models import atomic_save, cache_dir, embedded_file
 
 logger = logging.getLogger(__name__)
 
@@ -446,7 +446,7 @@ def prepare_efficientnet_lite0() -> Path:
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
 
     logger.info("Converted the embedded EfficientNet-Lite0 to %s", out)
-    return _atomic_save(out, save)
+    return atomic_save(out, save)
 
 
 def load_backbone(name_or_path: str, num_classes: int) -> tuple[nn.Module, dict]:

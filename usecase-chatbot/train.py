@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from datasets import Dataset, concatenate_datasets
 from trl import SFTConfig, get_peft_config
 
 from common.config import ModelArguments, parse_config, to_dict
@@ -38,6 +39,7 @@ class ChatbotArguments:
     docs_file: str = "usecase-chatbot/data/help_center.md"
     questions_file: str = "usecase-chatbot/data/questions.yaml"
     general_questions_file: str = "usecase-chatbot/data/general_knowledge.yaml"
+    replay_questions_file: str | None = "usecase-chatbot/data/replay_questions.yaml"  # None: no replay
     system_prompt: str = "You are the support assistant for Brightboard, an online whiteboard app."
     max_train_rows: int | None = None  # cap for quick experiments
     early_stopping_patience: int | None = 2
@@ -51,7 +53,7 @@ def find(path: str) -> Path:
     return Path(path) if Path(path).exists() else HERE.parent / path
 
 
-def evaluate(model, tokenizer, test_rows, general, args: ChatbotArguments, tag: str) -> tuple[dict, list[str]]:
+def evaluate(model, tokenizer, test_rows, general, args: ChatbotArguments, tag: str) -> tuple[dict, list, list]:
     """Fact accuracy on held-out phrasings, answer perplexity, and general-knowledge answers."""
     prompts = [r["messages"][:-1] for r in test_rows]
     answers = generate_chat(model, tokenizer, prompts, args.max_new_tokens, args.eval_batch_size, f"{tag}: test")
@@ -64,7 +66,7 @@ def evaluate(model, tokenizer, test_rows, general, args: ChatbotArguments, tag: 
                                                    [r["messages"][-1]["content"] for r in test_rows]),
         "general_correct": [key_terms_score(a, g["keys"]) for a, g in zip(general_answers, general)],
     }
-    return metrics, answers
+    return metrics, answers, general_answers
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -94,8 +96,19 @@ def main(argv: list[str] | None = None) -> dict:
     # 2. Base model, evaluated before any training
     tokenizer = load_tokenizer(model_args.model_name_or_path, training_args.trust_remote_code)
     model = load_causal_lm(model_args, training_args.trust_remote_code, hw)
-    before, before_answers = evaluate(model, tokenizer, test_rows, general, script_args, "base")
+    before, before_answers, before_general = evaluate(model, tokenizer, test_rows, general, script_args, "base")
     logger.info("base model: fact accuracy %.3f", before["fact_accuracy"])
+
+    # Replay: the base model's own answers to unrelated general prompts join the training data, so that
+    # fine-tuning keeps its general behaviour (limits catastrophic forgetting; see README).
+    if script_args.replay_questions_file:
+        replay_prompts = [[{"role": "user", "content": q}]
+                          for q in yaml.safe_load(find(script_args.replay_questions_file).read_text())]
+        replay_answers = generate_chat(model, tokenizer, replay_prompts, script_args.max_new_tokens,
+                                       script_args.eval_batch_size, "base: replay")
+        replay = Dataset.from_list([{"prompt": p, "completion": [{"role": "assistant", "content": a}]}
+                                    for p, a in zip(replay_prompts, replay_answers) if a])
+        train_ds = concatenate_datasets([train_ds, replay]).shuffle(seed=training_args.data_seed or 0)
 
     # 3. LoRA fine-tuning (resumes from the last checkpoint in output_dir if one exists)
     trainer = build_sft_trainer(model, tokenizer, training_args, train_ds, valid_ds, get_peft_config(model_args),
@@ -103,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_stats = train_and_measure(trainer)
 
     # 4. The same evaluation on the fine-tuned model (best checkpoint)
-    after, after_answers = evaluate(trainer.model, tokenizer, test_rows, general, script_args, "fine-tuned")
+    after, after_answers, after_general_answers = evaluate(trainer.model, tokenizer, test_rows, general, script_args, "fine-tuned")
     logger.info("fine-tuned: fact accuracy %.3f", after["fact_accuracy"])
     base_right = [i for i, ok in enumerate(before.pop("general_correct")) if ok]
     after_general = after.pop("general_correct")
@@ -131,10 +144,13 @@ def main(argv: list[str] | None = None) -> dict:
         "method": "SFT + LoRA" if model_args.use_peft else "SFT (full)",
         "hardware": hw.describe(),
         "train": {**train_stats, "rows": len(train_ds), "valid_rows": len(valid_ds)},
+        "general_answers": [{"question": g["question"], "base": b, "fine_tuned": a}
+                            for g, b, a in zip(general, before_general, after_general_answers)],
         "primary_metric": "fact_accuracy",
         "metrics": {"before": before, "after": after},
         "scoring": "fact_accuracy: share of held-out questions whose answer contains every key term of the fact",
         "data": {"facts": len(valid_ds), "train": len(train_ds), "valid": len(valid_ds), "test": len(test_rows),
+                 "replay": len(train_ds) - len(splits["train"][: script_args.max_train_rows or None]),
                  "general_questions": len(general)},
         "config": to_dict(script_args, model_args),
     }
