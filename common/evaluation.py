@@ -56,7 +56,9 @@ def term_present(term: str, text: str) -> bool:
     for alt in term.split("|"):
         alt = normalize(alt)
         # word boundaries where the term starts/ends with a word character ("8" must not match "18")
-        pattern = (r"(?<![\w])" if alt[:1].isalnum() else "") + re.escape(alt) + (r"(?![\w])" if alt[-1:].isalnum() else "")
+        # numbers must not continue either ("7" is not in "7,200"; "3" is not in "3.5")
+        pattern = ((r"(?<![\w])(?<!\d[.,])" if alt[:1].isalnum() else "") + re.escape(alt)
+                   + (r"(?![\w])(?![.,]\d)" if alt[-1:].isalnum() else ""))
         if re.search(pattern, norm):
             return True
     return False

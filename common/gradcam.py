@@ -40,8 +40,15 @@ class GradCAM:
         self.layer_name = layer or default_cam_layer(model)
         self.layer = model.get_submodule(self.layer_name)
 
-    def __call__(self, images: torch.Tensor, class_idx: torch.Tensor | int | None = None):
-        """Heatmaps for ``class_idx`` (default: each image's predicted class); returns ``(heat, logits)``."""
+    def __call__(self, images: torch.Tensor, class_idx: torch.Tensor | int | None = None,
+                 contrast_idx: int | None = None):
+        """Heatmaps for ``class_idx`` (default: each image's predicted class); returns ``(heat, logits)``.
+
+        With ``contrast_idx`` (e.g. the ``good`` class) the map explains ``logit[class] - logit[contrast]``:
+        what makes this image a defect *rather than a good part*, which ignores the evidence both classes share
+        (the texture itself) and so localizes defects more sharply. Images of the contrast class itself get the
+        plain map.
+        """
         store: dict[str, torch.Tensor] = {}
 
         def forward_hook(_module, _inputs, output):
@@ -62,8 +69,11 @@ class GradCAM:
                     idx = torch.full((len(x),), class_idx, device=logits.device)
                 else:
                     idx = class_idx.to(logits.device)
+                target = logits.gather(1, idx[:, None])[:, 0]
+                if contrast_idx is not None:
+                    target = torch.where(idx == contrast_idx, target, target - logits[:, contrast_idx])
                 # Gradients flow only to the hooked activations: no weight's .grad is touched.
-                logits.gather(1, idx[:, None]).sum().backward(inputs=[store["act"]])
+                target.sum().backward(inputs=[store["act"]])
         finally:
             handle.remove()
             self.model.train(was_training)

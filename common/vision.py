@@ -723,12 +723,13 @@ def localization_score(model: nn.Module, dataset: ImageDataset, classes: Sequenc
 
     model = unwrap(model)
     cam = GradCAM(model, layer)
+    contrast = list(classes).index(normal_class) if normal_class in classes else None
     hits = total = 0
     keep = [i for i, s in enumerate(dataset.samples) if s.box and s.label != normal_class]
     for start in range(0, len(keep), batch_size):
         idx = keep[start:start + batch_size]
         batch = torch.stack([dataset[i]["pixel_values"] for i in idx]).to(_device())
-        heat, logits = cam(batch)
+        heat, logits = cam(batch, contrast_idx=contrast)
         for j, i in enumerate(idx):
             s = dataset.samples[i]
             if classes[int(logits[j].argmax())] != s.label:

@@ -13,6 +13,8 @@ from common.report import validate_report, write_report
     ("$9", "It costs $99.", False),
     ("8,000|8000", "up to 8000 objects", True),
     ("120", "Up to 1200 people", False),
+    ("7|seven", "about 7,200 kilometers", False),
+    ("7|seven", "There are 7 continents.", True),
     ("press N", "Press N to add a sticky note.", True),
     ("press N", "Press Enter to confirm", False),
     ("Ctrl+Shift+L", "use ctrl+shift+l on Windows", True),

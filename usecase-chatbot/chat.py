@@ -21,7 +21,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 from common.evaluation import generate_chat, key_terms_score  # noqa: E402
 from common.models import load_tokenizer, load_trained_causal_lm, resolve_model  # noqa: E402
 
-DEFAULT_SYSTEM = "You are the support assistant for Brightboard, an online whiteboard app. Answer in one sentence."
+DEFAULT_SYSTEM = "You are the Brightboard support assistant."
 
 
 def load(model_dir: str):

@@ -40,7 +40,7 @@ class ChatbotArguments:
     questions_file: str = "usecase-chatbot/data/questions.yaml"
     general_questions_file: str = "usecase-chatbot/data/general_knowledge.yaml"
     replay_questions_file: str | None = "usecase-chatbot/data/replay_questions.yaml"  # None: no replay
-    system_prompt: str = "You are the support assistant for Brightboard, an online whiteboard app."
+    system_prompt: str = "You are the Brightboard support assistant."
     max_train_rows: int | None = None  # cap for quick experiments
     early_stopping_patience: int | None = 2
     max_new_tokens: int = 48
@@ -135,6 +135,11 @@ def main(argv: list[str] | None = None) -> dict:
                                   card={"task": "Brightboard support chatbot", "metrics": after,
                                         "data": "usecase-chatbot/data/help_center.md (fictional product, Apache-2.0)"})
         train_stats["merge_max_abs_logit_diff"] = parity
+    with (out / "predictions.jsonl").open("w") as f:  # every held-out answer, before and after, for error analysis
+        for r, b, a in zip(test_rows, before_answers, after_answers):
+            f.write(json.dumps({"question": r["messages"][1]["content"], "reference": r["messages"][2]["content"],
+                                "key_terms": r["key_terms"], "base": b, "fine_tuned": a,
+                                "correct": key_terms_score(a, r["key_terms"])}) + "\n")
     examples = "\n".join(
         f"| {r['messages'][1]['content']} | {b} | {a} | {'yes' if key_terms_score(a, r['key_terms']) else 'no'} |"
         for r, b, a in list(zip(test_rows, before_answers, after_answers))[:8])

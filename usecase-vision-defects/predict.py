@@ -31,11 +31,12 @@ def explain(model: torch.nn.Module, config: dict, images: list[Path], out_dir: P
     transform = build_transforms(pre["input_size"][-1], pre["mean"], pre["std"], train=False)
     cam = GradCAM(model, config.get("cookbook", {}).get("gradcam_layer"))
     labels = config["label_names"]
+    good = labels.index("good") if "good" in labels else None  # heatmaps explain "this defect rather than good"
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
     for path in images:
         image = load_rgb(path)
-        heat, logits = cam(transform(image)[None])
+        heat, logits = cam(transform(image)[None], contrast_idx=good)
         probs = logits.softmax(-1)[0]
         k = int(probs.argmax())
         heatmap = out_dir / f"{Path(path).stem}.gradcam.png"
