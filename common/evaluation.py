@@ -29,7 +29,7 @@ def generate_chat(model, tokenizer, conversations: Sequence[list[dict]], max_new
     tokenizer.padding_side = "left"
     device = next(model.parameters()).device
     try:
-        for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False):
+        for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, disable=len(order) <= batch_size):
             idx = order[start:start + batch_size]
             enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True,
                             add_special_tokens=False).to(device)

@@ -14,9 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import warnings
 from pathlib import Path
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices; not for chat users
 
 from common.evaluation import generate_chat, key_terms_score  # noqa: E402
 from common.models import load_tokenizer, load_trained_causal_lm, resolve_model  # noqa: E402
