@@ -632,17 +632,16 @@ def compute_metrics(eval_pred) -> dict[str, float]:
 
 def build_trainer(model: ImageClassifier, args, train_ds, eval_ds, early_stopping_patience: int = 0):
     """An HF Trainer for an :class:`ImageClassifier`: task-metric model selection, early stopping, resume."""
-    from transformers import EarlyStoppingCallback, Trainer
+    from transformers import Trainer
+
+    from common.train import early_stopping_callbacks
 
     args.label_names = ["labels"]
     args.remove_unused_columns = False
     if detect().device == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    callbacks = []
-    if early_stopping_patience > 0 and args.load_best_model_at_end:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=early_stopping_patience))
     return Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                   compute_metrics=compute_metrics, callbacks=callbacks)
+                   compute_metrics=compute_metrics, callbacks=early_stopping_callbacks(args, early_stopping_patience))
 
 
 def train_throughput(trainer, num_train: int) -> dict:
