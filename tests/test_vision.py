@@ -381,10 +381,14 @@ def test_smoke_recipe_trains_reports_and_predicts(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_real_backbone_fine_tune_beats_the_linear_probe(tmp_path):
-    """EfficientNet-Lite0 (embedded ImageNet weights), the default config on a reduced data set."""
+    """The main job: EfficientNet-Lite0 (embedded ImageNet weights) with the default config.yaml (~5 min).
+
+    Measured with this config: macro-F1 0.755 -> 0.843 and 0.766 -> 0.856 (two runs), ~4.5 min of training.
+    """
     train = _load_script("train")
     metrics = train.main(["--config", str(USECASE / "config.yaml"), "--output_dir", str(tmp_path / "run"),
-                          "--data_dir", str(tmp_path / "data"), "--num_train_per_class", "60",
-                          "--num_val_per_class", "16", "--num_test_per_class", "30", "--num_train_epochs", "5",
-                          "--report_to", "none"])
-    assert metrics["after"]["macro_f1"] > metrics["before"]["macro_f1"]
+                          "--data_dir", str(tmp_path / "data"), "--report_to", "none"])
+    assert metrics["after"]["macro_f1"] >= metrics["before"]["macro_f1"] + 0.05
+    assert metrics["after"]["macro_f1"] >= 0.80
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["train"]["seconds"] <= 10 * 60
