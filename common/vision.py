@@ -350,7 +350,7 @@ def build_transforms(image_size: int, mean: Sequence[float], std: Sequence[float
     """torchvision v2 pipeline: PIL RGB -> normalized float tensor (random augmentation when training).
 
     Images are resized to a square (not cropped) at evaluation, so a box in the original image maps linearly
-    onto the model's input; training crops keep >= 75% of the area so a defect rarely leaves the frame.
+    onto the model's input; training crops keep >= 90% of the area so a defect stays in the frame.
     """
     from torchvision.transforms import v2
 
@@ -358,7 +358,7 @@ def build_transforms(image_size: int, mean: Sequence[float], std: Sequence[float
     if not (train and augment):
         return v2.Compose([v2.Resize((image_size, image_size), antialias=True), *tail])
     return v2.Compose([
-        v2.RandomResizedCrop(image_size, scale=(0.75, 1.0), ratio=(0.9, 1.1), antialias=True),
+        v2.RandomResizedCrop(image_size, scale=(0.9, 1.0), ratio=(0.95, 1.05), antialias=True),
         v2.RandomHorizontalFlip(),
         v2.RandomVerticalFlip(),
         v2.RandomApply([v2.RandomRotation(20)], p=0.3),

@@ -381,14 +381,14 @@ def test_smoke_recipe_trains_reports_and_predicts(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_real_backbone_fine_tune_beats_the_linear_probe(tmp_path):
-    """The main job: EfficientNet-Lite0 (embedded ImageNet weights) with the default config.yaml (~5 min).
+    """The main job: EfficientNet-Lite0 (embedded ImageNet weights) with the default config.yaml.
 
-    Measured with this config: macro-F1 0.755 -> 0.843 and 0.766 -> 0.856 (two runs), ~4.5 min of training.
+    Measured with this config: macro-F1 0.778 -> 0.910, 400 s of training (~8 min for the whole test).
     """
     train = _load_script("train")
     metrics = train.main(["--config", str(USECASE / "config.yaml"), "--output_dir", str(tmp_path / "run"),
                           "--data_dir", str(tmp_path / "data"), "--report_to", "none"])
     assert metrics["after"]["macro_f1"] >= metrics["before"]["macro_f1"] + 0.05
-    assert metrics["after"]["macro_f1"] >= 0.80
+    assert metrics["after"]["macro_f1"] >= 0.85
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["train"]["seconds"] <= 10 * 60
