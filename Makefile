@@ -1,7 +1,7 @@
 # Fine-Tuning Cookbook -- every target is idempotent and works on a fresh machine.
 #   make demo    set up (if needed), then fine-tune the chatbot on the embedded SmolLM2-135M and print the report
 #   make test    set up (if needed), then run the test suite (offline, CPU; ~5 min on a fresh machine, ~2 min after)
-#   make test-slow   real-model tests: the default chatbot and vision runs must beat their base models (~25 min, 2 cores)
+#   make test-slow   real-model tests: the default chatbot and vision runs must beat their base models (~30 min, 2 cores)
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -29,7 +29,7 @@ $(VENV)/.setup-done: pyproject.toml Makefile
 	touch $@
 
 demo: setup
-	$(BIN)/python usecase-chatbot/train.py --output_dir $(RUN_DIR)
+	HF_HUB_OFFLINE=1 $(BIN)/python usecase-chatbot/train.py --output_dir $(RUN_DIR)
 	@cat $(RUN_DIR)/REPORT.md
 
 test: setup
