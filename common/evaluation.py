@@ -77,22 +77,20 @@ def key_terms_accuracy(answers: Sequence[str], key_terms: Sequence[Sequence[str]
 
 
 @torch.inference_mode()
-def completion_perplexity(model, tokenizer, prompts: Sequence[list[dict]], completions: Sequence[str],
-                          batch_size: int = 16) -> float:
-    """Perplexity of reference answers given their prompts (answer tokens + end-of-turn only)."""
+def completion_perplexity(model, tokenizer, prompts: Sequence[list[dict]], completions: Sequence[str]) -> float:
+    """Perplexity of reference answers given their prompts (answer tokens + end-of-turn only), one row at a time."""
     device = next(model.parameters()).device
     total_nll, total_tokens = 0.0, 0
-    for start in range(0, len(prompts), batch_size):
-        for p, c in zip(prompts[start:start + batch_size], completions[start:start + batch_size]):
-            prompt_ids = tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True,
-                                                       return_dict=False)
-            full_ids = tokenizer.apply_chat_template([*p, {"role": "assistant", "content": c}], tokenize=True,
-                                                     return_dict=False)
-            ids = torch.tensor([full_ids], device=device)
-            labels = ids.clone()
-            labels[:, :len(prompt_ids)] = -100
-            n = int((labels != -100).sum()) - 1  # shifted inside the model
-            loss = model(input_ids=ids, labels=labels).loss
-            total_nll += float(loss) * n
-            total_tokens += n
+    for p, c in zip(prompts, completions, strict=True):
+        prompt_ids = tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True,
+                                                   return_dict=False)
+        full_ids = tokenizer.apply_chat_template([*p, {"role": "assistant", "content": c}], tokenize=True,
+                                                 return_dict=False)
+        ids = torch.tensor([full_ids], device=device)
+        labels = ids.clone()
+        labels[:, :len(prompt_ids)] = -100
+        n = int((labels != -100).sum())  # answer tokens; never at position 0, so the shift drops none
+        loss = model(input_ids=ids, labels=labels).loss
+        total_nll += float(loss) * n
+        total_tokens += n
     return float(torch.exp(torch.tensor(total_nll / max(total_tokens, 1))))

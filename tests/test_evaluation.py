@@ -67,3 +67,33 @@ def test_write_report_files(tmp_path):
     md = (tmp_path / "REPORT.md").read_text()
     assert "0.2 -> **0.8**" in md and "## Examples" in md and "![Loss curve](loss.png)" in md
     assert (tmp_path / "loss.png").stat().st_size > 1000
+
+
+def test_completion_perplexity_scores_only_the_answer():
+    import math
+
+    import torch
+
+    from common.config import ModelArguments
+    from common.evaluation import completion_perplexity
+    from common.models import TINY_TEXT_ALIAS, load_causal_lm, load_tokenizer
+
+    tok = load_tokenizer(TINY_TEXT_ALIAS)
+    model = load_causal_lm(ModelArguments(model_name_or_path=TINY_TEXT_ALIAS)).eval()
+    prompt = [{"role": "user", "content": "Which key adds a sticky note?"}]
+    ppl = completion_perplexity(model, tok, [prompt], ["Press N."])
+    n_prompt = len(tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=False))
+    ids = torch.tensor([tok.apply_chat_template([*prompt, {"role": "assistant", "content": "Press N."}],
+                                                tokenize=True, return_dict=False)])
+    with torch.no_grad():
+        logprobs = model(input_ids=ids).logits[0, :-1].log_softmax(-1)
+    nll = -logprobs[n_prompt - 1:].gather(1, ids[0, n_prompt:, None]).mean()
+    assert math.isclose(ppl, math.exp(float(nll)), rel_tol=1e-4)
+    assert completion_perplexity(model, tok, [prompt] * 2, ["Press N.", "Press N."]) == pytest.approx(ppl, rel=1e-5)
+    # two answers of different lengths: token-weighted, not row-weighted
+    long = "Press N to add a sticky note anywhere on the board."
+    n = [len(tok.apply_chat_template([*prompt, {"role": "assistant", "content": a}], tokenize=True,
+                                     return_dict=False)) - n_prompt for a in ("Press N.", long)]
+    single = [math.log(completion_perplexity(model, tok, [prompt], [a])) for a in ("Press N.", long)]
+    both = completion_perplexity(model, tok, [prompt, prompt], ["Press N.", long])
+    assert math.isclose(math.log(both), (single[0] * n[0] + single[1] * n[1]) / sum(n), rel_tol=1e-4)

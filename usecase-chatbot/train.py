@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Replay: the base model's own answers to unrelated general prompts join the training data, so that
     # fine-tuning keeps its general behaviour (limits catastrophic forgetting; see README).
+    n_replay = 0
     if script_args.replay_questions_file:
         replay_prompts = [[{"role": "user", "content": q}]
                           for q in yaml.safe_load(find(script_args.replay_questions_file).read_text())]
@@ -108,6 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
                                        script_args.eval_batch_size, "base: replay")
         replay = Dataset.from_list([{"prompt": p, "completion": [{"role": "assistant", "content": a}]}
                                     for p, a in zip(replay_prompts, replay_answers) if a])
+        n_replay = len(replay)
         train_ds = concatenate_datasets([train_ds, replay]).shuffle(seed=training_args.data_seed or 0)
 
     # 3. LoRA fine-tuning (resumes from the last checkpoint in output_dir if one exists)
@@ -155,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
         "metrics": {"before": before, "after": after},
         "scoring": "fact_accuracy: share of held-out questions whose answer contains every key term of the fact",
         "data": {"facts": len(valid_ds), "train": len(train_ds), "valid": len(valid_ds), "test": len(test_rows),
-                 "replay": len(train_ds) - len(splits["train"][: script_args.max_train_rows or None]),
+                 "replay": n_replay,
                  "general_questions": len(general)},
         "config": to_dict(script_args, model_args),
     }
