@@ -1,8 +1,14 @@
-"""Grad-CAM: where in the image did the classifier look? (Selvaraju et al., 2017), with no extra dependency.
+"""Class activation maps: where in the image did the classifier look? No extra dependency.
 
-A forward hook keeps the activations ``A`` of one convolutional layer (by default the last stage) and a hook on
-that output tensor keeps their gradient ``dY_c/dA``. The heatmap is ``relu(sum_k w_k A_k)`` with
-``w_k = mean_xy dY_c/dA_k``, upsampled to the input size and scaled to [0, 1].
+A forward hook keeps the activations ``A`` of one convolutional layer and a hook on that output tensor keeps
+their gradient ``G = dY_c/dA``. Two ways to turn them into a heatmap:
+
+- ``gradcam`` (Selvaraju et al., 2017): ``relu(sum_k w_k A_k)`` with one weight per channel,
+  ``w_k = mean_xy G_k``. Meant for the last stage, whose cells are coarse (stride 32: 4x4 at 128 px).
+- ``layercam`` (Jiang et al., 2021): ``relu(sum_k relu(G_k) * A_k)``, a weight per channel *and position*, so the
+  map stays sharp at early, high-resolution layers. Small defects (10-20 px) need that resolution.
+
+The map is upsampled to the input size, optionally smoothed (a Gaussian, ``smooth`` pixels), and scaled to [0, 1].
 """
 
 from __future__ import annotations
@@ -26,19 +32,39 @@ def default_cam_layer(model: nn.Module) -> str:
     return convs[-1]
 
 
+def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Blur a ``(B, H, W)`` stack of maps with a separable Gaussian of ``sigma`` pixels (edges replicated)."""
+    if sigma <= 0:
+        return maps
+    radius = max(1, round(3 * sigma))
+    k = torch.exp(-torch.arange(-radius, radius + 1, dtype=maps.dtype) ** 2 / (2 * sigma**2))
+    k = (k / k.sum()).to(maps.device)
+    x = F.pad(maps[:, None], (radius, radius, radius, radius), mode="replicate")
+    x = F.conv2d(F.conv2d(x, k.view(1, 1, 1, -1)), k.view(1, 1, -1, 1))
+    return x[:, 0]
+
+
 class GradCAM:
-    """Compute Grad-CAM heatmaps of ``model`` (an image classifier returning logits) at ``layer``.
+    """Compute Grad-CAM / LayerCAM heatmaps of ``model`` (an image classifier returning logits) at ``layer``.
 
     Example::
 
-        cam = GradCAM(model)                  # last conv stage
+        cam = GradCAM(model)                                  # Grad-CAM at the last conv stage
+        cam = GradCAM(model, "blocks.0", method="layercam", smooth=2)
         heat, logits = cam(batch)             # heat: (B, H, W) in [0, 1], for the predicted classes
     """
 
-    def __init__(self, model: nn.Module, layer: str | None = None) -> None:
+    METHODS = ("gradcam", "layercam")
+
+    def __init__(self, model: nn.Module, layer: str | None = None, method: str = "gradcam",
+                 smooth: float = 0.0) -> None:
+        if method not in self.METHODS:
+            raise ValueError(f"CAM method {method!r} is not one of {self.METHODS}.")
         self.model = model
         self.layer_name = layer or default_cam_layer(model)
         self.layer = model.get_submodule(self.layer_name)
+        self.method = method
+        self.smooth = smooth
 
     def __call__(self, images: torch.Tensor, class_idx: torch.Tensor | int | None = None,
                  contrast_idx: int | None = None):
@@ -78,9 +104,10 @@ class GradCAM:
             handle.remove()
             self.model.train(was_training)
         act, grad = store["act"].detach().float(), store["grad"].detach().float()
-        weights = grad.mean(dim=(2, 3), keepdim=True)
+        weights = grad.mean(dim=(2, 3), keepdim=True) if self.method == "gradcam" else F.relu(grad)
         cam = F.relu((weights * act).sum(dim=1, keepdim=True))
         cam = F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        cam = gaussian_blur(cam, self.smooth)
         cam = cam / cam.flatten(1).amax(dim=1).clamp_min(1e-8)[:, None, None]
         return cam.cpu(), logits.detach()
 

@@ -92,7 +92,10 @@ class VisionModelArguments:
     init_head_from_probe: bool = field(default=True, metadata={
         "help": "Start fine-tuning from the probe's classifier (LP-FT: keeps early gradients sane)."})
     early_stopping_patience: int = field(default=3, metadata={"help": "Evaluations without improvement; 0 = off."})
-    gradcam_layer: str | None = field(default=None, metadata={"help": "Grad-CAM layer; default: last conv stage."})
+    gradcam_layer: str | None = field(default=None, metadata={"help": "Heatmap layer; default: last conv stage."})
+    cam_method: str = field(default="gradcam", metadata={
+        "help": "gradcam (per-channel weights; for the last stage) or layercam (per-position; early layers)."})
+    cam_smooth: float = field(default=0.0, metadata={"help": "Gaussian blur of the heatmap, in pixels (0 = none)."})
 
 
 # ------------------------------------------------------------------------------------------ reading images
@@ -716,12 +719,16 @@ def plot_confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], path
 
 
 def localization_score(model: nn.Module, dataset: ImageDataset, classes: Sequence[str], normal_class: str = "good",
-                       layer: str | None = None, batch_size: int = 32) -> dict:
-    """Share of correctly classified defective images whose Grad-CAM peak lies inside the defect's box."""
+                       layer: str | None = None, method: str = "gradcam", smooth: float = 0.0,
+                       batch_size: int = 32) -> dict:
+    """Share of correctly classified defective images whose heatmap peak lies inside the defect's box.
+
+    ``layer``, ``method`` and ``smooth`` are those of :class:`common.gradcam.GradCAM`.
+    """
     from common.gradcam import GradCAM, peak_in_box
 
     model = unwrap(model)
-    cam = GradCAM(model, layer)
+    cam = GradCAM(model, layer, method=method, smooth=smooth)
     contrast = list(classes).index(normal_class) if normal_class in classes else None
     hits = total = 0
     keep = [i for i, s in enumerate(dataset.samples) if s.box and s.label != normal_class]
@@ -736,7 +743,7 @@ def localization_score(model: nn.Module, dataset: ImageDataset, classes: Sequenc
             total += 1
             hits += peak_in_box(heat[j], s.box, load_rgb(s.source).size)
     return {"gradcam_peak_in_box": hits / total if total else float("nan"), "gradcam_images": total,
-            "gradcam_layer": cam.layer_name}
+            "gradcam_layer": cam.layer_name, "cam_method": method, "cam_smooth": smooth}
 
 
 # ------------------------------------------------------------------------------------------ save / load

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,12 +41,18 @@ class ChatbotArguments:
     questions_file: str = "usecase-chatbot/data/questions.yaml"
     general_questions_file: str = "usecase-chatbot/data/general_knowledge.yaml"
     replay_questions_file: str | None = "usecase-chatbot/data/replay_questions.yaml"  # None: no replay
+    replay_sentences: int = 1  # keep the first N sentences of each replay answer (0: all of it)
     system_prompt: str = "You are the Brightboard support assistant."
     max_train_rows: int | None = None  # cap for quick experiments
     early_stopping_patience: int | None = 2
     max_new_tokens: int = 48
     eval_batch_size: int = 16
     export_merged: bool = True
+
+
+def first_sentences(text: str, n: int) -> str:
+    """The first ``n`` sentences of ``text`` (all of it when ``n`` is 0)."""
+    return " ".join(re.split(r"(?<=[.!?])\s+", text.strip())[:n]) if n else text
 
 
 def find(path: str) -> Path:
@@ -107,9 +114,12 @@ def main(argv: list[str] | None = None) -> dict:
                           for q in yaml.safe_load(find(script_args.replay_questions_file).read_text())]
         replay_answers = generate_chat(model, tokenizer, replay_prompts, script_args.max_new_tokens,
                                        script_args.eval_batch_size, "base: replay")
+        # Short replay answers: the answer is nearly always in the first sentence, and short rows train faster.
+        replay_answers = [first_sentences(a, script_args.replay_sentences) for a in replay_answers]
         replay = Dataset.from_list([{"prompt": p, "completion": [{"role": "assistant", "content": a}]}
                                     for p, a in zip(replay_prompts, replay_answers) if a])
         n_replay = len(replay)
+        replay.to_json(out / "data" / "replay.jsonl")  # kept beside the other splits, for inspection
         train_ds = concatenate_datasets([train_ds, replay]).shuffle(seed=training_args.data_seed or 0)
 
     # 3. LoRA fine-tuning (resumes from the last checkpoint in output_dir if one exists)

@@ -29,7 +29,8 @@ def explain(model: torch.nn.Module, config: dict, images: list[Path], out_dir: P
     """Predict each image and write ``<stem>.gradcam.png`` (heatmap of the predicted class) into ``out_dir``."""
     pre = config["pretrained_cfg"]
     transform = build_transforms(pre["input_size"][-1], pre["mean"], pre["std"], train=False)
-    cam = GradCAM(model, config.get("cookbook", {}).get("gradcam_layer"))
+    saved = config.get("cookbook", {})  # the heatmap settings train.py used (and scored)
+    cam = GradCAM(model, saved.get("gradcam_layer"), saved.get("cam_method", "gradcam"), saved.get("cam_smooth", 0.0))
     labels = config["label_names"]
     good = labels.index("good") if "good" in labels else None  # heatmaps explain "this defect rather than good"
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -214,10 +214,18 @@ def generate(out: str | Path, args: GenerationArguments) -> Path:
     """Write ``out/{train,val,test}/<class>/*.png`` and ``out/boxes.jsonl``; skip if already complete.
 
     Written into a temporary folder first and renamed, so an interrupted run never leaves half a dataset.
+    ``out/generation.json`` records the arguments: a folder generated with other sizes or another seed is
+    generated again rather than silently reused.
     """
     out = Path(out)
+    stamp = {k: getattr(args, k) for k in ("generation_seed", "generation_image_size", "num_train_per_class",
+                                           "num_val_per_class", "num_test_per_class")}
     if (out / "boxes.jsonl").exists():
-        return out
+        old = json.loads((out / "generation.json").read_text()) if (out / "generation.json").exists() else None
+        if old == stamp:
+            return out
+        print(f"{out} was generated with {old}; generating again with {stamp}")
+        shutil.rmtree(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
     counts = {"train": args.num_train_per_class, "val": args.num_val_per_class, "test": args.num_test_per_class}
@@ -232,6 +240,7 @@ def generate(out: str | Path, args: GenerationArguments) -> Path:
                 img.save(tmp / rel)
                 rows.append({"path": rel, "label": kind, "split": split, "texture": texture, "box": box})
     (tmp / "boxes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp / "generation.json").write_text(json.dumps(stamp, indent=2))
     if out.exists():  # a concurrent run finished first
         shutil.rmtree(tmp)
     else:
@@ -277,6 +286,8 @@ def prepare(data_dir: str | Path, gen: GenerationArguments) -> Path:
         data_dir = HERE / data_dir  # relative paths in config.yaml are relative to this folder
     if data_dir.is_dir() and is_mvtec(data_dir):
         return import_mvtec(data_dir, data_dir.parent / f"{data_dir.name}-split", seed=gen.generation_seed)
+    if (data_dir / "generation.json").exists():  # generated here before: check it matches the arguments
+        return generate(data_dir, gen)
     if data_dir.exists() and any(data_dir.iterdir()):
         return data_dir
     if not gen.generate:

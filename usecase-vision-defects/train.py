@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> dict:
     vision.fit_linear_probe(backbone, probe_ds, args, model_args, cache=out / "feature_cache")
     probe_seconds = time.perf_counter() - start
     before = vision.evaluate_classifier(backbone, test_ds, classes)
-    cam_before = vision.localization_score(backbone, test_ds, classes, layer=model_args.gradcam_layer)
+    cam = {"layer": model_args.gradcam_layer, "method": model_args.cam_method, "smooth": model_args.cam_smooth}
+    cam_before = vision.localization_score(backbone, test_ds, classes, **cam)
     before["gradcam_peak_in_box"] = cam_before["gradcam_peak_in_box"]
     print(f"baseline (linear probe): macro-F1 {before['macro_f1']:.3f}")
 
@@ -81,15 +82,16 @@ def main(argv: list[str] | None = None) -> dict:
 
     # 5. Evaluate the fine-tuned model exactly like the baseline (same held-out test split).
     after = vision.evaluate_classifier(model, test_ds, classes)
-    cam_after = vision.localization_score(model, test_ds, classes, layer=model_args.gradcam_layer)
+    cam_after = vision.localization_score(model, test_ds, classes, **cam)
     after["gradcam_peak_in_box"] = cam_after["gradcam_peak_in_box"]
     print(f"fine-tuned ({model_args.method}): macro-F1 {after['macro_f1']:.3f}; "
-          f"Grad-CAM peak in the defect box: {after['gradcam_peak_in_box']:.0%}")
+          f"heatmap peak ({model_args.cam_method}) in the defect box: {after['gradcam_peak_in_box']:.0%}")
 
     # 6. Save: safetensors + config.json (labels, normalization, resolution) that predict.py rebuilds from.
     vision.save_classifier(model, out, classes, norm, size,
                            extra={"base_model": model_args.model_name_or_path, "method": model_args.method,
-                                  "gradcam_layer": model_args.gradcam_layer})
+                                  "gradcam_layer": model_args.gradcam_layer, "cam_method": model_args.cam_method,
+                                  "cam_smooth": model_args.cam_smooth})
     tests = [{"path": str(Path(s.name).resolve()), "label": s.label, "box": s.box} for s in splits["test"]
              if isinstance(s.source, (str, Path))]
     (out / "test_split.jsonl").write_text("".join(json.dumps(t) + "\n" for t in tests))
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
     picks = [next(t for t in tests if t["label"] == c) for c in classes if any(t["label"] == c for t in tests)]
     examples = explain(model, json.loads((out / "config.json").read_text()), [Path(t["path"]) for t in picks],
                        out / "examples")
-    rows = ["| image | true | predicted | confidence | Grad-CAM |", "|---|---|---|---|---|"]
+    rows = ["| image | true | predicted | confidence | heatmap |", "|---|---|---|---|---|"]
     rows += [f"| {Path(e['image']).name} | {t['label']} | {e['class']} | {e['confidence']:.2f} | "
              f"![](examples/{Path(e['heatmap']).name}) |" for e, t in zip(examples, picks)]
     report = {
@@ -119,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     sections = [("Confusion matrix (fine-tuned, held-out test)", "![confusion matrix](confusion_matrix.png)\n\n"
                  "Baseline: ![baseline confusion matrix](confusion_matrix_baseline.png)"),
-                ("Example predictions with Grad-CAM heatmaps", "\n".join(rows))]
+                (f"Example predictions with {model_args.cam_method} heatmaps", "\n".join(rows))]
     write_report(out, report, trainer.state.log_history if trainer else None, sections)
     print(f"report: {out / 'REPORT.md'}")
     return report["metrics"]
