@@ -45,9 +45,10 @@ def generate_chat(model, tokenizer, conversations: Sequence[list[dict]], max_new
 
 def normalize(text: str) -> str:
     """Lower-case, strip accents, unify dashes/quotes and collapse whitespace (for key-term matching)."""
-    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
-    text = text.lower().replace("\u2013", "-").replace("\u2014", "-")
-    return re.sub(r"\s+", " ", text).strip()
+    text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))  # é -> e
+    text = text.lower().replace("\u2013", "-").replace("\u2014", "-").replace("\u2019", "'")
+    # any other non-ASCII symbol separates words ("100°C" -> "100 c"), it never glues them together
+    return re.sub(r"\s+", " ", re.sub(r"[^\x00-\x7f]", " ", text)).strip()
 
 
 def term_present(term: str, text: str) -> bool:

@@ -100,10 +100,13 @@ class GradCAM:
                     target = torch.where(idx == contrast_idx, target, target - logits[:, contrast_idx])
                 # Gradients flow only to the hooked activations: no weight's .grad is touched.
                 target.sum().backward(inputs=[store["act"]])
+            act, grad = store["act"].detach().float(), store["grad"].detach().float()
         finally:
+            # The stored output tensor holds the tensor hook, whose closure holds ``store``: a reference cycle that
+            # would keep the whole autograd graph (every saved activation) alive until the next gc pass.
+            store.clear()
             handle.remove()
             self.model.train(was_training)
-        act, grad = store["act"].detach().float(), store["grad"].detach().float()
         weights = grad.mean(dim=(2, 3), keepdim=True) if self.method == "gradcam" else F.relu(grad)
         cam = F.relu((weights * act).sum(dim=1, keepdim=True))
         cam = F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]

@@ -20,6 +20,10 @@ from common.report import validate_report, write_report
     ("Ctrl+Shift+L", "use ctrl+shift+l on Windows", True),
     ("40%|40 percent", "a 40 percent discount", True),
     ("Frankfurt", "stored in Frankfurt, Germany", True),
+    ("100", "about 100°C at sea level", True),  # a symbol separates words, it does not glue "100c"
+    ("5-10", "within 5\u201310 days", True),  # en dash
+    ("Sao Paulo", "São Paulo", True),  # accents stripped
+    ("it's", "it\u2019s", True),  # curly apostrophe
 ])
 def test_term_present(term, text, expected):
     assert term_present(term, text) is expected

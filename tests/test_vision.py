@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -116,7 +115,7 @@ def test_cmyk_16bit_grey_and_rgba_become_consistent_rgb(tmp_path):
 
 
 def test_unknown_label_in_a_table_is_named(tmp_path):
-    for i, label in enumerate(["ok", "ok", "bad", "bda"]):
+    for i in range(4):
         _png(tmp_path / f"img{i}.png")
     rows = [{"path": f"img{i}.png", "label": label, "split": "train"}
             for i, label in enumerate(["ok", "ok", "bad", "bda"])]
@@ -254,7 +253,7 @@ def test_resume_from_checkpoint_reproduces_the_uninterrupted_run(tmp_path, prepa
     interrupted = run(tmp_path / "b", killed=True)  # stops after step 2; its checkpoint-2 is complete
     assert not torch.equal(interrupted.backbone.conv_stem.weight, full.backbone.conv_stem.weight)
     resumed = run(tmp_path / "b", resume=str(tmp_path / "b" / "checkpoint-2"))
-    for (n, p), q in zip(full.named_parameters(), resumed.parameters()):
+    for (_name, p), q in zip(full.named_parameters(), resumed.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
@@ -302,6 +301,46 @@ def test_gradcam_peak_lands_on_the_planted_region():
     x, y = peak(heat[1])
     assert 24 <= x < 30 and 3 <= y < 7
     assert overlay(Image.new("RGB", (64, 64)), heat[0]).size == (64, 64)
+
+
+class _CancellingNet(nn.Module):
+    """Two spot detectors with opposite class weights plus a dark-background detector.
+
+    Grad-CAM weighs whole channels, so the spot's positive and negative evidence cancel and the background wins;
+    LayerCAM keeps only positive gradients per position, so the spot stays the hottest place.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 3, 1), nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(3, 2)
+        with torch.no_grad():
+            self.features[0].weight.zero_()
+            self.features[0].weight[0:2, :, 0, 0] = 1.0  # channels 0 and 1: bright pixels
+            self.features[0].weight[2, :, 0, 0] = -1.0  # channel 2: dark pixels
+            self.features[0].bias.copy_(torch.tensor([-1.5, -1.5, 0.5]))
+            self.fc.weight.zero_()
+            self.fc.weight[1] = torch.tensor([10.0, -8.0, 10.0])
+            self.fc.bias.zero_()
+
+    def forward(self, x):
+        return self.fc(self.pool(self.features(x)).flatten(1))
+
+
+def test_layercam_keeps_positive_evidence_where_gradcam_cancels_it():
+    img = torch.zeros(1, 3, 32, 32)
+    img[0, :, 20:26, 4:10] = 1.0
+    box = (4, 20, 10, 26)
+    grad_heat, _ = GradCAM(_CancellingNet(), "features.1", method="gradcam")(img, class_idx=1)
+    layer_heat, _ = GradCAM(_CancellingNet(), "features.1", method="layercam")(img, class_idx=1)
+    assert not peak_in_box(grad_heat[0], box, (32, 32))
+    assert peak_in_box(layer_heat[0], box, (32, 32))
+    smooth, _ = GradCAM(_CancellingNet(), "features.1", method="layercam", smooth=2.0)(img, class_idx=1)
+    assert peak_in_box(smooth[0], box, (32, 32)) and float(smooth.max()) == pytest.approx(1.0)
+    assert (smooth[0] > 0.9).sum() < (layer_heat[0] > 0.9).sum()  # blurred: the spot's edges soften
+    with pytest.raises(ValueError, match="not one of"):
+        GradCAM(_CancellingNet(), "features.1", method="scorecam")
 
 
 def test_gradcam_on_a_timm_backbone_defaults_to_the_last_stage():

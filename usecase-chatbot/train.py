@@ -42,6 +42,7 @@ class ChatbotArguments:
     general_questions_file: str = "usecase-chatbot/data/general_knowledge.yaml"
     replay_questions_file: str | None = "usecase-chatbot/data/replay_questions.yaml"  # None: no replay
     replay_sentences: int = 1  # keep the first N sentences of each replay answer (0: all of it)
+    replay_with_system_prompt: bool = True  # ask every other replay question under system_prompt
     system_prompt: str = "You are the Brightboard support assistant."
     max_train_rows: int | None = None  # cap for quick experiments
     early_stopping_patience: int | None = 2
@@ -110,8 +111,12 @@ def main(argv: list[str] | None = None) -> dict:
     # fine-tuning keeps its general behaviour (limits catastrophic forgetting; see README).
     n_replay = 0
     if script_args.replay_questions_file:
-        replay_prompts = [[{"role": "user", "content": q}]
-                          for q in yaml.safe_load(find(script_args.replay_questions_file).read_text())]
+        # Every other question is asked under the bot's own system prompt: general questions must keep their
+        # answers whatever the system prompt, so the adapter learns to act on product questions only.
+        system = [{"role": "system", "content": script_args.system_prompt}]
+        replay_prompts = [(system if i % 2 and script_args.replay_with_system_prompt else [])
+                          + [{"role": "user", "content": q}]
+                          for i, q in enumerate(yaml.safe_load(find(script_args.replay_questions_file).read_text()))]
         replay_answers = generate_chat(model, tokenizer, replay_prompts, script_args.max_new_tokens,
                                        script_args.eval_batch_size, "base: replay")
         # Short replay answers: the answer is nearly always in the first sentence, and short rows train faster.

@@ -22,14 +22,14 @@ except ImportError:  # running from a plain checkout
     sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))  # prepare_data.py and predict.py sit beside this script
 
+from predict import explain  # noqa: E402
+from prepare_data import GenerationArguments, prepare  # noqa: E402
 from transformers import TrainingArguments  # noqa: E402
 
 from common import vision  # noqa: E402
 from common.config import parse_config, to_dict  # noqa: E402
 from common.hardware import detect, peak_memory_mb  # noqa: E402
 from common.report import write_report  # noqa: E402
-from predict import explain  # noqa: E402
-from prepare_data import GenerationArguments, prepare  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
