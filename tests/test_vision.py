@@ -383,6 +383,21 @@ def test_generation_is_deterministic_with_boxes(tmp_path, prepare_data):
     assert (other / files[0]).read_bytes() != (a / files[0]).read_bytes()
 
 
+def test_generated_folder_follows_the_generation_arguments(tmp_path, prepare_data):
+    small = prepare_data.GenerationArguments(generation_image_size=32, num_train_per_class=2,
+                                             num_val_per_class=1, num_test_per_class=1)
+    out = prepare_data.prepare(tmp_path / "gen", small)
+    assert len(list((out / "train").rglob("*.png"))) == 5 * 2
+    stamp = (out / "train" / "good" / "good_00000.png").stat().st_mtime_ns
+    assert prepare_data.prepare(tmp_path / "gen", small) == out  # same arguments: reused, not regenerated
+    assert (out / "train" / "good" / "good_00000.png").stat().st_mtime_ns == stamp
+    bigger = prepare_data.GenerationArguments(generation_image_size=32, num_train_per_class=3,
+                                              num_val_per_class=1, num_test_per_class=1)
+    prepare_data.prepare(tmp_path / "gen", bigger)  # other sizes: generated again, never silently stale
+    assert len(list((out / "train").rglob("*.png"))) == 5 * 3
+    assert json.loads((out / "generation.json").read_text())["num_train_per_class"] == 3
+
+
 def test_mvtec_layout_is_resplit_with_boxes_from_masks(tmp_path, prepare_data):
     root = tmp_path / "mvtec" / "screw"
     for i in range(5):

@@ -30,6 +30,7 @@ from common import vision  # noqa: E402
 from common.config import parse_config, to_dict  # noqa: E402
 from common.hardware import detect, peak_memory_mb  # noqa: E402
 from common.report import write_report  # noqa: E402
+from common.train import resume_checkpoint  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -75,8 +76,8 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         trainer = vision.build_trainer(vision.ImageClassifier(model), args, train_ds, val_ds,
                                        model_args.early_stopping_patience)
-        resume = args.resume_from_checkpoint
-        trainer.train(resume_from_checkpoint=True if resume in ("true", "last") else resume)
+        # resumes from --resume_from_checkpoint, else from the newest checkpoint in output_dir (a killed run)
+        trainer.train(resume_from_checkpoint=resume_checkpoint(args))
         train = vision.train_throughput(trainer, len(train_ds))
     model = vision.unwrap(trainer.model if trainer else model)
 
