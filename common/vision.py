@@ -647,12 +647,15 @@ def build_trainer(model: ImageClassifier, args, train_ds, eval_ds, early_stoppin
                    compute_metrics=compute_metrics, callbacks=early_stopping_callbacks(args, early_stopping_patience))
 
 
-def train_throughput(trainer, num_train: int) -> dict:
-    """Training seconds and images/s from the Trainer's state (per-epoch evaluation time excluded)."""
-    history = trainer.state.log_history
+def train_throughput(trainer, num_train: int, start_epoch: float = 0.0) -> dict:
+    """Training seconds and images/s of this invocation from the Trainer's state (evaluation time excluded).
+
+    ``start_epoch`` is where a resumed run started: the epochs before it were trained by another invocation.
+    """
+    history = [h for h in trainer.state.log_history if h.get("epoch", 0.0) > start_epoch]
     runtime = next((h["train_runtime"] for h in reversed(history) if "train_runtime" in h), float("nan"))
     eval_time = sum(h.get("eval_runtime", 0.0) for h in history)
-    images = (trainer.state.epoch or 0) * num_train
+    images = ((trainer.state.epoch or 0) - start_epoch) * num_train
     return {"seconds": runtime, "images": images, "img_per_s": images / max(runtime - eval_time, 1e-9)}
 
 

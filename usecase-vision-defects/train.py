@@ -77,8 +77,10 @@ def main(argv: list[str] | None = None) -> dict:
         trainer = vision.build_trainer(vision.ImageClassifier(model), args, train_ds, val_ds,
                                        model_args.early_stopping_patience)
         # resumes from --resume_from_checkpoint, else from the newest checkpoint in output_dir (a killed run)
-        trainer.train(resume_from_checkpoint=resume_checkpoint(args))
-        train = vision.train_throughput(trainer, len(train_ds))
+        resume = resume_checkpoint(args)
+        start_epoch = json.loads((Path(resume) / "trainer_state.json").read_text())["epoch"] if resume else 0.0
+        trainer.train(resume_from_checkpoint=resume)
+        train = vision.train_throughput(trainer, len(train_ds), start_epoch)
     model = vision.unwrap(trainer.model if trainer else model)
 
     # 5. Evaluate the fine-tuned model exactly like the baseline (same held-out test split).
