@@ -61,6 +61,23 @@ def find(path: str) -> Path:
     return Path(path) if Path(path).exists() else HERE.parent / path
 
 
+def build_replay(model, tokenizer, args: ChatbotArguments) -> Dataset:
+    """The base model's own (first-sentence) answers to the replay questions, as prompt/completion rows.
+
+    Every other question is asked under the bot's own system prompt: general questions must keep their answers
+    whatever the system prompt, so the adapter learns to act on product questions only.
+    """
+    system = [{"role": "system", "content": args.system_prompt}]
+    questions = yaml.safe_load(find(args.replay_questions_file).read_text())
+    prompts = [(system if i % 2 and args.replay_with_system_prompt else []) + [{"role": "user", "content": q}]
+               for i, q in enumerate(questions)]
+    answers = generate_chat(model, tokenizer, prompts, args.max_new_tokens, args.eval_batch_size, "base: replay")
+    # Short answers: the answer is nearly always in the first sentence, and short rows train faster.
+    answers = [first_sentences(a, args.replay_sentences) for a in answers]
+    return Dataset.from_list([{"prompt": p, "completion": [{"role": "assistant", "content": a}]}
+                              for p, a in zip(prompts, answers) if a])
+
+
 def evaluate(model, tokenizer, test_rows, general, args: ChatbotArguments, tag: str) -> tuple[dict, list, list]:
     """Fact accuracy on held-out phrasings, answer perplexity, and general-knowledge answers."""
     prompts = [r["messages"][:-1] for r in test_rows]
@@ -111,20 +128,9 @@ def main(argv: list[str] | None = None) -> dict:
     # fine-tuning keeps its general behaviour (limits catastrophic forgetting; see README).
     n_replay = 0
     if script_args.replay_questions_file:
-        # Every other question is asked under the bot's own system prompt: general questions must keep their
-        # answers whatever the system prompt, so the adapter learns to act on product questions only.
-        system = [{"role": "system", "content": script_args.system_prompt}]
-        replay_prompts = [(system if i % 2 and script_args.replay_with_system_prompt else [])
-                          + [{"role": "user", "content": q}]
-                          for i, q in enumerate(yaml.safe_load(find(script_args.replay_questions_file).read_text()))]
-        replay_answers = generate_chat(model, tokenizer, replay_prompts, script_args.max_new_tokens,
-                                       script_args.eval_batch_size, "base: replay")
-        # Short replay answers: the answer is nearly always in the first sentence, and short rows train faster.
-        replay_answers = [first_sentences(a, script_args.replay_sentences) for a in replay_answers]
-        replay = Dataset.from_list([{"prompt": p, "completion": [{"role": "assistant", "content": a}]}
-                                    for p, a in zip(replay_prompts, replay_answers) if a])
-        n_replay = len(replay)
+        replay = build_replay(model, tokenizer, script_args)
         replay.to_json(out / "data" / "replay.jsonl")  # kept beside the other splits, for inspection
+        n_replay = len(replay)
         train_ds = concatenate_datasets([train_ds, replay]).shuffle(seed=training_args.data_seed or 0)
 
     # 3. LoRA fine-tuning (resumes from the last checkpoint in output_dir if one exists)
