@@ -11,6 +11,8 @@ import logging
 import time
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
 from transformers import EarlyStoppingCallback, Trainer
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -29,12 +31,17 @@ def early_stopping_callbacks(args, patience: int | None) -> list:
 
 
 def build_sft_trainer(model, tokenizer, args, train_dataset, eval_dataset=None, peft_config=None,
-                      early_stopping_patience: int | None = None, callbacks: list | None = None):
+                      early_stopping_patience: int | None = None, callbacks: list | None = None,
+                      replay_kl_weight: float | None = None):
     """A TRL ``SFTTrainer`` for conversational prompt/completion data: loss on the completion only.
 
     The completion (the assistant's answer and its end-of-turn token) is what the model learns; the prompt
     (system + user turns) only conditions it. ``pad != eos`` is checked, so padding can never hide the
     end-of-turn token from the loss.
+
+    With ``replay_kl_weight``, rows whose ``replay`` column is true are *distillation* rows: instead of the
+    cross-entropy on their answer, they pull the fine-tuned model's next-token distribution towards the base
+    model's (see :func:`replay_kl_trainer_class`).
     """
     from trl import SFTTrainer
 
@@ -42,7 +49,7 @@ def build_sft_trainer(model, tokenizer, args, train_dataset, eval_dataset=None, 
         raise ValueError("tokenizer.pad_token must differ from eos_token (use common.models.load_tokenizer)")
     if args.completion_only_loss is False:
         logger.warning("completion_only_loss=False: the prompt tokens are trained too")
-    return SFTTrainer(
+    kwargs = dict(
         model=model,
         args=args,
         train_dataset=train_dataset,
@@ -51,6 +58,86 @@ def build_sft_trainer(model, tokenizer, args, train_dataset, eval_dataset=None, 
         peft_config=peft_config,
         callbacks=[*early_stopping_callbacks(args, early_stopping_patience), *(callbacks or [])],
     )
+    if replay_kl_weight is None:
+        return SFTTrainer(**kwargs)
+    if peft_config is None and not hasattr(model, "disable_adapter"):
+        raise ValueError("replay_kl_weight needs LoRA (use_peft: true): the base model is the adapter switched off")
+    if "replay" not in train_dataset.column_names:
+        raise ValueError("replay_kl_weight needs a boolean 'replay' column in the training data")
+    return replay_kl_trainer_class()(**kwargs, replay_kl_weight=replay_kl_weight)
+
+
+class _AddReplayFlag:
+    """Wraps a collator: adds the batch's ``replay`` flags (False for rows without the column)."""
+
+    def __init__(self, collator):
+        self.collator = collator
+
+    def __call__(self, examples: list[dict]) -> dict:
+        return {**self.collator(examples), "replay": torch.tensor([bool(e.get("replay", False)) for e in examples])}
+
+
+def replay_kl_trainer_class():
+    """``SFTTrainer`` whose replay rows are learned by distillation from the base model (anti-forgetting).
+
+    Loss of a batch = (cross-entropy summed over the answer tokens of the task rows
+    + ``replay_kl_weight`` x KL(base || fine-tuned) summed over the answer tokens of the replay rows)
+    / answer tokens in the batch.
+
+    The teacher is the same network with its LoRA adapter switched off, so it costs no memory, and the KL
+    is zero at the start of training (LoRA starts as the identity): the replay rows only push back as far
+    as the task rows pull the model away from its base behaviour ("learning without forgetting"). Unlike
+    cross-entropy on the base model's sampled answers, the full distribution is matched, so the answer
+    style (length, when to stop) is not changed either.
+    """
+    from trl import SFTTrainer
+
+    class ReplayKLSFTTrainer(SFTTrainer):
+        def __init__(self, *args, replay_kl_weight: float = 1.0, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.replay_kl_weight = replay_kl_weight
+            self.data_collator = _AddReplayFlag(self.data_collator)
+
+        def _set_signature_columns_if_needed(self):
+            super()._set_signature_columns_if_needed()
+            if "replay" not in self._signature_columns:
+                self._signature_columns = [*self._signature_columns, "replay"]
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            replay = inputs.pop("replay", None)
+            if replay is None or not replay.any():
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            if return_outputs:
+                raise NotImplementedError("replay rows are training rows; evaluation data has none")
+            replay = replay.to(inputs["input_ids"].device)
+            n_items = num_items_in_batch
+            if n_items is None:
+                n_items = (inputs["labels"][:, 1:] != -100).sum()
+            loss = torch.zeros((), device=inputs["input_ids"].device)
+            task = ~replay
+            if task.any():
+                loss = super().compute_loss(model, {k: v[task] if torch.is_tensor(v) and v.dim() and
+                                                    v.shape[0] == len(task) else v for k, v in inputs.items()},
+                                            num_items_in_batch=n_items)
+            rows = {k: inputs[k][replay] for k in ("input_ids", "attention_mask")}
+            # Logits only where an answer token is predicted (position t predicts token t+1): the vocabulary
+            # projection is a large share of a small model's compute.
+            keep = torch.zeros_like(rows["input_ids"], dtype=torch.bool)
+            keep[:, :-1] = inputs["labels"][replay][:, 1:] != -100
+            rows.update(use_cache=False, logits_to_keep=keep)
+            base = self.accelerator.unwrap_model(model)  # no gradient: no need to go through DDP
+            with torch.no_grad(), base.disable_adapter():
+                teacher = base(**rows).logits.flatten(0, -2).float().log_softmax(-1)
+            student = model(**rows).logits.flatten(0, -2).float().log_softmax(-1)
+            kl = F.kl_div(student, teacher, log_target=True, reduction="sum")  # KL(teacher || student)
+            self._metrics["train"]["replay_kl"].append(kl.item() / max(int(keep.sum()), 1))
+            self._total_train_tokens += int(self.accelerator.gather_for_metrics(rows["attention_mask"].sum()).sum())
+            kl_loss = self.replay_kl_weight * kl / torch.as_tensor(n_items, device=kl.device).clamp(min=1)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                kl_loss = kl_loss * self.accelerator.num_processes  # as SFTTrainer scales its own loss
+            return loss + kl_loss
+
+    return ReplayKLSFTTrainer
 
 
 def resume_checkpoint(args) -> str | None:

@@ -3,7 +3,7 @@
 
 import pytest
 import torch
-from datasets import Dataset
+from datasets import Dataset, concatenate_datasets
 from transformers import TrainerCallback
 from trl import SFTConfig, get_peft_config
 
@@ -122,3 +122,73 @@ def test_merge_refuses_to_export_when_parity_fails(tmp_path):
         merge_and_export(trainer.model, trainer.processing_class, tmp_path / "merged",
                          [[{"role": "user", "content": "Hi"}]], atol=-1.0)
     assert not (tmp_path / "merged").exists()
+
+
+# --- replay by distillation (anti-forgetting) ------------------------------------------------------------------
+
+REPLAY = [("What is the capital of France?", "Paris is the capital of France."),
+          ("How many days are in a week?", "A week has seven days.")]
+
+
+def _with_replay(n_repeat=4):
+    replay = Dataset.from_list([{"prompt": [{"role": "user", "content": q}],
+                                 "completion": [{"role": "assistant", "content": a}], "replay": True}
+                                for q, a in REPLAY] * n_repeat)
+    task = _dataset().add_column("replay", [False] * len(QA) * 2)
+    return concatenate_datasets([task, replay]).shuffle(seed=0)
+
+
+def _kl_trainer(tmp_path, train_dataset, weight=1.0, **kw):
+    model_args = ModelArguments(model_name_or_path=TINY_TEXT_ALIAS, lora_r=8, lora_alpha=16)
+    tokenizer = load_tokenizer(TINY_TEXT_ALIAS)
+    model = load_causal_lm(model_args)
+    return build_sft_trainer(model, tokenizer, _args(tmp_path, **kw), train_dataset,
+                             peft_config=get_peft_config(model_args), replay_kl_weight=weight)
+
+
+def _replay_kl_to_base(trainer) -> float:
+    """Mean KL(base || model) over the answer tokens of the replay prompts."""
+    tok, model = trainer.processing_class, trainer.model
+    total, n = 0.0, 0
+    model.eval()
+    for q, a in REPLAY:
+        prompt = tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+        ids = tok(prompt + a, return_tensors="pt").input_ids
+        start = len(tok(prompt).input_ids) - 1
+        with torch.no_grad():
+            student = model(ids).logits[0, start:-1].log_softmax(-1)
+            with model.disable_adapter():
+                teacher = model(ids).logits[0, start:-1].log_softmax(-1)
+        total += torch.nn.functional.kl_div(student, teacher, log_target=True, reduction="sum").item()
+        n += student.shape[0]
+    return total / n
+
+
+def test_replay_rows_cost_nothing_until_the_model_drifts(tmp_path):
+    trainer = _kl_trainer(tmp_path, _with_replay())
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert batch["replay"].any() and (~batch["replay"]).any()
+    replay_only = {k: v[batch["replay"]] for k, v in batch.items()}
+    trainer.model.train()
+    assert trainer.compute_loss(trainer.model, dict(replay_only)).item() == 0.0  # LoRA starts as the identity
+    with torch.no_grad():
+        for n, p in trainer.model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(std=0.05)
+    assert trainer.compute_loss(trainer.model, dict(replay_only)).item() > 1e-4
+
+
+def test_replay_kl_keeps_the_model_near_its_base_on_replay_prompts(tmp_path):
+    kw = dict(max_steps=12, learning_rate=1e-2)
+    free = _kl_trainer(tmp_path / "free", _with_replay(), weight=0.0, **kw)
+    held = _kl_trainer(tmp_path / "held", _with_replay(), weight=5.0, **kw)
+    stats = train_and_measure(free), train_and_measure(held)
+    assert all(s["final_train_loss"] < s["first_train_loss"] for s in stats)  # the task is learned either way
+    drift_free, drift_held = _replay_kl_to_base(free), _replay_kl_to_base(held)
+    assert drift_held < 0.5 * drift_free, (drift_held, drift_free)
+    assert any(h.get("replay_kl", 0) > 0 for h in held.state.log_history)
+
+
+def test_replay_kl_needs_the_replay_column(tmp_path):
+    with pytest.raises(ValueError, match="'replay' column"):
+        _kl_trainer(tmp_path, _dataset())

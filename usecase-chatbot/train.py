@@ -43,6 +43,8 @@ class ChatbotArguments:
     replay_questions_file: str | None = "usecase-chatbot/data/replay_questions.yaml"  # None: no replay
     replay_sentences: int = 1  # keep the first N sentences of each replay answer (0: all of it)
     replay_with_system_prompt: bool = True  # ask every other replay question under system_prompt
+    replay_loss: str = "kl"  # "kl": match the base model's next-token distribution; "ce": learn its answer text
+    replay_kl_weight: float = 1.0  # weight of a replay token's KL against a product token's cross-entropy
     system_prompt: str = "You are the Brightboard support assistant."
     max_train_rows: int | None = None  # cap for quick experiments
     early_stopping_patience: int | None = 2
@@ -74,7 +76,7 @@ def build_replay(model, tokenizer, args: ChatbotArguments) -> Dataset:
     answers = generate_chat(model, tokenizer, prompts, args.max_new_tokens, args.eval_batch_size, "base: replay")
     # Short answers: the answer is nearly always in the first sentence, and short rows train faster.
     answers = [first_sentences(a, args.replay_sentences) for a in answers]
-    return Dataset.from_list([{"prompt": p, "completion": [{"role": "assistant", "content": a}]}
+    return Dataset.from_list([{"prompt": p, "completion": [{"role": "assistant", "content": a}], "replay": True}
                               for p, a in zip(prompts, answers) if a])
 
 
@@ -98,6 +100,8 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     script_args, model_args, training_args = parse_config(
         (ChatbotArguments, ModelArguments, SFTConfig), argv, default_config=HERE / "config.yaml")
+    if script_args.replay_loss not in ("kl", "ce"):
+        raise ValueError(f"replay_loss must be 'kl' or 'ce', got {script_args.replay_loss!r}")
     hw = detect()
     logger.info("hardware: %s", hw.describe())
     out = Path(training_args.output_dir)
@@ -131,11 +135,14 @@ def main(argv: list[str] | None = None) -> dict:
         replay = build_replay(model, tokenizer, script_args)
         replay.to_json(out / "data" / "replay.jsonl")  # kept beside the other splits, for inspection
         n_replay = len(replay)
+        train_ds = train_ds.add_column("replay", [False] * len(train_ds))
         train_ds = concatenate_datasets([train_ds, replay]).shuffle(seed=training_args.data_seed or 0)
+    kl_weight = script_args.replay_kl_weight if n_replay and script_args.replay_loss == "kl" else None
 
     # 3. LoRA fine-tuning (resumes from the last checkpoint in output_dir if one exists)
     trainer = build_sft_trainer(model, tokenizer, training_args, train_ds, valid_ds, get_peft_config(model_args),
-                                early_stopping_patience=script_args.early_stopping_patience)
+                                early_stopping_patience=script_args.early_stopping_patience,
+                                replay_kl_weight=kl_weight)
     train_stats = train_and_measure(trainer)
 
     # 4. The same evaluation on the fine-tuned model (best checkpoint)
