@@ -1,10 +1,10 @@
-"""The main job, for real: the default chatbot config on the embedded SmolLM2-135M-Instruct (~18 min on 2 cores).
+"""The main job, for real: the default chatbot config on the embedded SmolLM2-135M-Instruct (~15 min on 2 cores).
 
 Asserts on held-out phrasings: fact accuracy >= 55% and >= 40 points above the base model (the default run
-measured 3.3% -> 66.7%), general-knowledge retention >= 65% and general accuracy not more than 15 points below
-the base model's (measured: retention 73.5%, accuracy 68% -> 58%; the 90% retention goal is not met, see the
-README), training time far from any slow path (measured 794 s; 20 min would mean something fell off the fp32
-fast path), a faithful LoRA merge, and that the chat script answers from the trained folder.
+measured 3.3% -> 62.2%), general-knowledge retention >= 85% and general accuracy not below the base model's minus
+5 points (measured: retention 94%, accuracy 68% -> 72%), training time far from any slow path (measured 660 s;
+20 min would mean something fell off the fp32 fast path), a faithful LoRA merge, and that the chat script,
+asked a held-out question the evaluation scored right, answers it from the trained folder.
 """
 
 import json
@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from common.evaluation import key_terms_score
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,13 +31,15 @@ def test_default_chatbot_run_meets_targets(tmp_path):
     print(json.dumps({"before": before, "after": after, "train": report["train"]}, indent=1))
     assert after["fact_accuracy"] >= 0.55
     assert after["fact_accuracy"] - before["fact_accuracy"] >= 0.40
-    assert after["general_retention"] >= 0.65
-    assert after["general_accuracy"] >= before["general_accuracy"] - 0.15
+    assert after["general_retention"] >= 0.85
+    assert after["general_accuracy"] >= before["general_accuracy"] - 0.05
     assert after["answer_perplexity"] < before["answer_perplexity"]
     assert report["train"]["seconds"] <= 20 * 60
     assert report["train"]["merge_max_abs_logit_diff"] < 1e-3
 
+    right = next(json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()
+                 if json.loads(line)["correct"])
     answer = subprocess.run([sys.executable, "usecase-chatbot/chat.py", "--model_dir", str(run),
-                             "--question", "How much does the Team plan cost?"], cwd=REPO, env=env, check=True,
+                             "--question", right["question"]], cwd=REPO, env=env, check=True,
                             capture_output=True, text=True, timeout=600).stdout
-    assert "$9" in answer, answer
+    assert key_terms_score(answer, right["key_terms"]), (right, answer)
