@@ -27,3 +27,14 @@ def chatbot_train():
 ])
 def test_first_sentences(chatbot_train, text, n, expected):
     assert chatbot_train.first_sentences(text, n) == expected
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--replay_loss", "mse"], "replay_loss must be 'kl' or 'ce'"),
+    (["--use_peft", "false"], "replay_loss: kl needs use_peft: true"),
+])
+def test_bad_replay_settings_stop_before_any_model_is_loaded(chatbot_train, tmp_path, flags, message):
+    smoke = SCRIPT.parent / "config.smoke.yaml"
+    with pytest.raises(ValueError, match=message):
+        chatbot_train.main(["--config", str(smoke), "--output_dir", str(tmp_path / "run"), *flags])
+    assert not (tmp_path / "run").exists()  # nothing was written: the check runs first

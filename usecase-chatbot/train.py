@@ -102,6 +102,9 @@ def main(argv: list[str] | None = None) -> dict:
         (ChatbotArguments, ModelArguments, SFTConfig), argv, default_config=HERE / "config.yaml")
     if script_args.replay_loss not in ("kl", "ce"):
         raise ValueError(f"replay_loss must be 'kl' or 'ce', got {script_args.replay_loss!r}")
+    if script_args.replay_loss == "kl" and script_args.replay_questions_file and not model_args.use_peft:
+        raise ValueError("replay_loss: kl needs use_peft: true (the teacher is the base model with the adapter "
+                         "switched off); use replay_loss: ce for full fine-tuning")
     hw = detect()
     logger.info("hardware: %s", hw.describe())
     out = Path(training_args.output_dir)
