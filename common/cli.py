@@ -4,6 +4,8 @@
     cookbook new usecase-invoices --from usecase-chatbot
     cookbook list
     cookbook results runs/chatbot        # a README-ready markdown table from a run's report.json
+    cookbook readme-tables               # regenerate every README's results table from results/report.json
+    cookbook readme-tables --check       # exit 1 when a README table differs from its report (tests use this)
 """
 
 from __future__ import annotations
@@ -57,30 +59,46 @@ def _list(_: argparse.Namespace) -> int:
     return 0
 
 
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
-    return str(v)
-
-
 def _results(args: argparse.Namespace) -> int:
     import json
 
-    report = json.loads((Path(args.run_dir) / "report.json").read_text())
-    before, after, train = report["metrics"]["before"], report["metrics"]["after"], report["train"]
-    print(f"Run: `{report['model']}`, {report['method']}, on {report['hardware']}.\n")
-    print("| metric (held-out) | base model | fine-tuned |\n|---|---|---|")
-    for key, value in before.items():
-        if isinstance(value, (int, float)) and isinstance(after.get(key), (int, float)):
-            name = f"**{key}**" if key == report["primary_metric"] else key
-            print(f"| {name} | {_fmt(value)} | {_fmt(after[key])} |")
-    for key in after.keys() - before.keys():
-        if isinstance(after[key], (int, float)):
-            print(f"| {key} | | {_fmt(after[key])} |")
-    tp = train["throughput"]
-    print(f"\n| training | |\n|---|---|\n| time | {train['seconds']:.0f} s |\n"
-          f"| throughput | {_fmt(tp['value'])} {tp['unit']} |\n| peak memory | {train['peak_memory_mb']:.0f} MiB |")
+    from common.report import results_table
+
+    print(results_table(json.loads((Path(args.run_dir) / "report.json").read_text())))
     return 0
+
+
+def readme_tables(check: bool = False) -> list[str]:
+    """Rewrite (or, with ``check``, compare) the generated results table of every use-case README.
+
+    A README marks the table with ``<!-- results-table: usecase-x/results/report.json ... -->`` and
+    ``<!-- /results-table -->``; the block is replaced by :func:`common.report.results_table` of that report.
+    Returns the READMEs whose table was (or, with ``check``, would be) changed.
+    """
+    import json
+
+    from common.report import readme_table_block, results_table
+
+    changed = []
+    for readme in sorted(REPO.glob("usecase-*/README.md")):
+        text = readme.read_text()
+        report_path = f"{readme.parent.name}/results/report.json"
+        span = readme_table_block(text, report_path)
+        if span is None:
+            continue
+        table = "\n" + results_table(json.loads((REPO / report_path).read_text())) + "\n"
+        if text[span[0]:span[1]] != table:
+            changed.append(str(readme.relative_to(REPO)))
+            if not check:
+                readme.write_text(text[:span[0]] + table + text[span[1]:])
+    return changed
+
+
+def _readme_tables(args: argparse.Namespace) -> int:
+    changed = readme_tables(check=args.check)
+    for name in changed:
+        print(f"{name}: results table {'differs from' if args.check else 'regenerated from'} its report.json")
+    return 1 if (args.check and changed) else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     results = sub.add_parser("results", help="print a markdown results table from a run's report.json")
     results.add_argument("run_dir")
     results.set_defaults(fn=_results)
+    tables = sub.add_parser("readme-tables", help="regenerate the README results tables from results/report.json")
+    tables.add_argument("--check", action="store_true", help="only compare; exit 1 when a table is stale")
+    tables.set_defaults(fn=_readme_tables)
     args = parser.parse_args(argv)
     return args.fn(args)
 

@@ -67,11 +67,10 @@ def parse_config(
     if "--config" not in args and default_config is not None:
         args = ["--config", str(default_config), *args]
     parser = TrlParser(dataclass_types)
+    parser.allow_abbrev = False  # `--learning_rat` is an error, not a silent prefix match
     # The hardware policy becomes the default; YAML (set_defaults_with_config) and flags override it.
-    policy = precision_defaults()
-    for action in parser._actions:
-        if action.dest in policy:
-            action.default = policy[action.dest]
+    declared = {f.name for dataclass_type in dataclass_types for f in fields(dataclass_type)}
+    parser.set_defaults(**{k: v for k, v in precision_defaults().items() if k in declared})
     parsed = parser.parse_args_and_config(args, return_remaining_strings=True)
     *instances, remaining = parsed
     if remaining:

@@ -23,18 +23,39 @@ def _logits(model, tokenizer, conversations: Sequence[list[dict]]) -> torch.Tens
         tokenizer.padding_side = padding_side
 
 
+def parity_tolerance(dtype: torch.dtype) -> float:
+    """Largest merged-vs-adapter logit difference accepted for weights stored in ``dtype``.
+
+    Both sides are computed without autocast, in the weights' own dtype. In fp32 the only difference is
+    rounding order (measured on SmolLM2-135M: 9e-5 over a 49k vocabulary), so 1e-3 leaves 10x headroom while
+    catching a wrong merge (a missing LoRA scale moves logits by ~1). Half-precision weights round ``W + BA``
+    to 8 (bf16) or 11 (fp16) mantissa bits when merged, ~0.4% / 0.05% of each weight, hence looser bounds.
+    """
+    return {torch.float32: 1e-3, torch.float16: 2e-2, torch.bfloat16: 1e-1}.get(dtype, 1e-3)
+
+
 def merge_and_export(peft_model, tokenizer, out_dir: str | Path, probe: Sequence[list[dict]],
-                     card: dict | None = None, atol: float = 1e-3) -> float:
+                     card: dict | None = None, atol: float | None = None) -> float:
     """Fold the LoRA weights into the base model, check parity on ``probe`` prompts, and save.
 
-    The merged model's logits must equal base+adapter logits within ``atol`` (after dropout is off);
-    otherwise nothing is written and ``RuntimeError`` is raised. ``peft_model`` is merged *in place*.
+    The merged model's logits must equal base+adapter logits within ``atol`` (default:
+    :func:`parity_tolerance` of the weights' dtype; dropout off); otherwise nothing is written and
+    ``RuntimeError`` is raised. ``peft_model`` is merged *in place*.
+
+    A model that trained under mixed precision carries accelerate's autocast wrapper on its ``forward``;
+    it is removed first, so both sides run in the weights' own precision (bf16 autocast on one side only
+    differs by ~0.75 in the logits: a precision difference, not a merge error).
 
     Returns:
         The largest absolute logit difference seen (for the report).
     """
+    from accelerate.utils import extract_model_from_parallel
+
     out = Path(out_dir)
+    peft_model = extract_model_from_parallel(peft_model, keep_fp32_wrapper=False)
     peft_model.eval()
+    if atol is None:
+        atol = parity_tolerance(next(peft_model.parameters()).dtype)
     reference = _logits(peft_model, tokenizer, probe)
     merged = peft_model.merge_and_unload()
     diff = float((_logits(merged, tokenizer, probe) - reference).abs().max())

@@ -1,16 +1,20 @@
 """Device and precision policy, decided once per process.
 
-The rule (measured on a 2-core AVX2 CPU: emulated bf16 made a LoRA step ~16x slower than fp32):
-
 ==========================  =====================================
 hardware                    training precision
 ==========================  =====================================
 CUDA with bf16 (Ampere+)    bf16 autocast, TF32 matmuls
 older CUDA                  fp16 autocast with loss scaling
-CPU with AMX / avx512_bf16  bf16 autocast (native bf16 units)
-any other CPU               fp32
+any CPU                     fp32
 Apple MPS                   fp32
 ==========================  =====================================
+
+Why fp32 on every CPU, including those with native bf16 units (AMX, AVX512-BF16): the cookbook's models are
+small (135 M parameters, 4.7 M for vision), and on small token batches per-op overhead, not arithmetic, bounds a
+training step. Measured with ``python bench/cpu_precision.py`` (docs/benchmarks.md): bf16 autocast gave no
+reliable speed-up on an AMX Xeon nor on an AVX512-BF16 AMD EPYC, and on CPUs without those units it is emulated
+(~16x slower). bf16 also costs accuracy (a merged-vs-adapter parity check of 7.5e-1 instead of 9e-5).
+``COOKBOOK_PRECISION=bf16`` (or ``bf16: true`` in a config) still selects it, and every recipe runs under it.
 
 Library defaults (TRL configs default to ``bf16=True``) never decide precision: :func:`precision_defaults`
 feeds the policy into the argument parser, so only an explicit ``bf16: true`` in a config or on the
@@ -52,13 +56,17 @@ class Hardware:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def describe(self) -> str:
-        """One line for logs and reports, e.g. ``cpu (2 cores, x86_64), fp32``."""
+    def describe(self, precision: str | None = None) -> str:
+        """One line for logs and reports, e.g. ``cpu: AMD EPYC (2 cores), fp32``.
+
+        ``precision`` is what the run actually used (see :func:`training_precision`); the policy's by default.
+        """
         if self.device == "cuda":
             where = f"{self.device_count}x {self.device_name}"
         else:
-            where = f"{self.device_name} ({self.cpu_count} cores)"
-        return f"{self.device}: {where}, {self.precision}"
+            bf16_units = ", native bf16 units" if self.cpu_native_bf16 else ""
+            where = f"{self.device_name} ({self.cpu_count} cores{bf16_units})"
+        return f"{self.device}: {where}, {precision or self.precision}"
 
 
 def cpu_has_native_bf16() -> bool:
@@ -97,7 +105,7 @@ def detect() -> Hardware:
         device, name, count, precision = "mps", "Apple MPS", 1, "fp32"
     else:
         device, name, count = "cpu", _cpu_name(), 0
-        precision = "bf16" if native_bf16 else "fp32"
+        precision = "fp32"  # even with native bf16 units: measured no faster for these models (see above)
     override = os.environ.get("COOKBOOK_PRECISION")
     if override:
         if override not in ("bf16", "fp16", "fp32"):
@@ -122,6 +130,13 @@ def precision_defaults(hw: Hardware | None = None) -> dict:
         "fp16": hw.precision == "fp16",
         "use_cpu": hw.device == "cpu",
     }
+
+
+def training_precision(args) -> str:
+    """The precision a run's ``TrainingArguments`` actually train in: ``bf16``, ``fp16`` or ``fp32``."""
+    if getattr(args, "bf16", False):
+        return "bf16"
+    return "fp16" if getattr(args, "fp16", False) else "fp32"
 
 
 def check_training_precision(args, hw: Hardware | None = None) -> None:

@@ -7,13 +7,16 @@ Required keys of the report dict (checked by :func:`validate_report`)::
     primary_metric,                      # a key present in metrics.before and metrics.after
     metrics: {before: {...}, after: {...}}   # the same evaluation, base model vs fine-tuned, held-out data
 
-Anything else (data sizes, config, extra evaluations) may be added freely.
+Optional, rendered when present: ``metrics_validation: {before, after}`` (the same metrics on the validation
+split, where defaults are chosen) and ``command`` (how the run was started; filled in from ``sys.argv`` with
+machine paths made relative). Anything else (data sizes, config, extra evaluations) may be added freely.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -119,6 +122,58 @@ def _finite(obj):
     return obj
 
 
+def results_table(report: dict) -> str:
+    """The README results table of a run, generated from its ``report.json`` (never typed by hand).
+
+    Rows: every numeric metric the base and fine-tuned models share on the held-out test split, the same on the
+    validation split when reported, then how the run was made (command, hardware, time, throughput, memory).
+    """
+    before, after, primary = report["metrics"]["before"], report["metrics"]["after"], report["primary_metric"]
+    val = report.get("metrics_validation", {"before": {}, "after": {}})
+    rows = ["| metric | split | base model | fine-tuned |", "|---|---|---|---|"]
+    for split, b, a in (("test", before, after), ("validation", val["before"], val["after"])):
+        for key in [k for k in a if isinstance(a[k], (int, float)) and not isinstance(a[k], bool)]:
+            name = f"**{key}**" if key == primary else key
+            base = b.get(key)
+            rows.append(f"| {name} | {split} | {_fmt(base) if isinstance(base, (int, float)) else '—'} | "
+                        f"{_fmt(a[key])} |")
+    train = report["train"]
+    tp = train["throughput"]
+    rows += ["", "| run | |", "|---|---|", f"| command | `{report.get('command', '')}` |",
+             f"| hardware | {report['hardware']} |", f"| training time | {train['seconds']:.0f} s |",
+             f"| throughput | {_fmt(tp['value'])} {tp['unit']} |",
+             f"| peak memory | {train['peak_memory_mb']:.0f} MiB |"]
+    return "\n".join(rows)
+
+
+README_TABLE_START = "<!-- results-table: generated from {} by `cookbook readme-tables`; do not edit -->"
+README_TABLE_END = "<!-- /results-table -->"
+
+
+def readme_table_block(readme_text: str, report_path: str) -> tuple[int, int] | None:
+    """``(start, end)`` character span of the generated-table block for ``report_path`` in a README, or None."""
+    start_marker = README_TABLE_START.format(report_path)
+    start = readme_text.find(start_marker)
+    if start < 0:
+        return None
+    end = readme_text.find(README_TABLE_END, start)
+    if end < 0:
+        raise ValueError(f"README block for {report_path} has no closing {README_TABLE_END}")
+    return start + len(start_marker), end
+
+
+def run_command(argv: Sequence[str] | None = None) -> str:
+    """The command line of this run, fit for a committed report: ``python usecase-x/train.py --flag v``.
+
+    Paths in it are made repository-relative (or reduced to their name), so no machine path is recorded.
+    """
+    from common.paths import portable_path
+
+    argv = list(sys.argv if argv is None else argv)
+    parts = [portable_path(a) if a.startswith("/") else a for a in argv]
+    return " ".join(["python", *parts]) if parts and parts[0].endswith(".py") else " ".join(parts)
+
+
 def write_report(
     output_dir: str | Path,
     report: dict,
@@ -146,7 +201,7 @@ def write_report(
         figures.append(("Loss curve", "loss.png"))
     if plot_before_after(before, after, out / "before_after.png"):
         figures.append(("Before -> after", "before_after.png"))
-    report = {**report, "figures": [f for _, f in figures]}
+    report = {"command": run_command(), **report, "figures": [f for _, f in figures]}
     (out / "report.json").write_text(json.dumps(_finite(report), indent=2, default=str, allow_nan=False) + "\n")
 
     train = report["train"]
@@ -166,6 +221,11 @@ def write_report(
         _metrics_table(before, after, primary),
         "",
     ]
+    if "metrics_validation" in report:
+        val = report["metrics_validation"]
+        lines += ["## Validation split (where defaults are chosen; the test split chooses nothing)", "",
+                  _metrics_table(val["before"], val["after"], primary), ""]
+    lines += [f"Command: `{report['command']}`", ""]
     for title, name in figures:
         lines += [f"## {title}", "", f"![{title}]({name})", ""]
     for heading, body in sections:

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import EarlyStoppingCallback, Trainer
+from transformers import EarlyStoppingCallback, Trainer, TrainerState
 from transformers.trainer_utils import get_last_checkpoint
 
 from common.hardware import detect, peak_memory_mb, reset_peak_memory
+from common.paths import portable_path
 
 logger = logging.getLogger(__name__)
 
@@ -177,20 +178,16 @@ def train_and_measure(trainer: Trainer, token_key: str | None = "num_tokens", un
 
     Returns ``{seconds, steps, epochs, throughput: {value, unit}, samples_per_second, peak_memory_mb,
     final_train_loss, resumed_from}``. Throughput counts the tokens (or samples) processed in *this*
-    invocation per second of wall time.
+    invocation per second of wall time. Checkpoint paths are relative to ``output_dir`` (reports are committed).
     """
     reset_peak_memory()
     resume = resume_checkpoint(trainer.args)
-    start_step = 0
-    if resume:
-        import json
-
-        start_step = json.loads((Path(resume) / "trainer_state.json").read_text())["global_step"]
+    start_step = TrainerState.load_from_json(str(Path(resume) / "trainer_state.json")).global_step if resume else 0
     t0 = time.perf_counter()
     out = trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - t0
     history = trainer.state.log_history
-    # TRL counts the (non-padding) tokens it trained on; fall back to the last logged count.
+    # TRL counts the (non-padding) tokens it trained on (pinned by a test); fall back to the last logged count.
     tokens = getattr(trainer, "_total_train_tokens", None) if token_key else None
     if not tokens:
         tokens = next((h[token_key] for h in reversed(history) if token_key and token_key in h), None)
@@ -209,6 +206,6 @@ def train_and_measure(trainer: Trainer, token_key: str | None = "num_tokens", un
         "peak_memory_mb": round(peak_memory_mb(detect().device), 1),
         "first_train_loss": losses[0] if losses else None,
         "final_train_loss": losses[-1] if losses else None,
-        "best_checkpoint": trainer.state.best_model_checkpoint,
-        "resumed_from": resume,
+        "best_checkpoint": portable_path(trainer.state.best_model_checkpoint, trainer.args.output_dir),
+        "resumed_from": portable_path(resume, trainer.args.output_dir),
     }

@@ -26,7 +26,7 @@ def chatbot_train():
     ("One. Two.", 0, "One. Two."),
 ])
 def test_first_sentences(chatbot_train, text, n, expected):
-    assert chatbot_train.first_sentences(text, n) == expected
+    assert chatbot_train.prepare.first_sentences(text, n) == expected
 
 
 @pytest.mark.parametrize("flags, message", [

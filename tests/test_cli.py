@@ -26,4 +26,24 @@ def test_results_prints_before_after_from_report(tmp_path, capsys):
     (tmp_path / "report.json").write_text(json.dumps(report))
     assert cli.main(["results", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "| **acc** | 0.100 | 0.700 |" in out and "| retention | | 0.950 |" in out and "| time | 61 s |" in out
+    assert "| **acc** | test | 0.1 | 0.7 |" in out and "| retention | test | — | 0.95 |" in out
+    assert "| training time | 61 s |" in out
+
+
+def test_readme_tables_regenerate_and_check(tmp_path, monkeypatch):
+    from common.report import README_TABLE_END, README_TABLE_START
+
+    folder = tmp_path / "usecase-x"
+    (folder / "results").mkdir(parents=True)
+    report = {"model": "m", "method": "LoRA", "hardware": "cpu", "primary_metric": "acc", "command": "python t.py",
+              "metrics": {"before": {"acc": 0.25}, "after": {"acc": 0.75}},
+              "train": {"seconds": 5.0, "throughput": {"value": 1.0, "unit": "img/s"}, "peak_memory_mb": 10}}
+    (folder / "results" / "report.json").write_text(json.dumps(report))
+    start = README_TABLE_START.format("usecase-x/results/report.json")
+    (folder / "README.md").write_text(f"# X\n\n{start}\n| stale | 1 |\n{README_TABLE_END}\n\nMore text.\n")
+    monkeypatch.setattr(cli, "REPO", tmp_path)
+    assert cli.main(["readme-tables", "--check"]) == 1  # the hand-typed table differs from the report
+    assert cli.main(["readme-tables"]) == 0
+    text = (folder / "README.md").read_text()
+    assert "| **acc** | test | 0.25 | 0.75 |" in text and "stale" not in text and text.endswith("More text.\n")
+    assert cli.main(["readme-tables", "--check"]) == 0

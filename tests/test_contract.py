@@ -1,7 +1,9 @@
 """The contract every use case keeps: discovered from the ``usecase-*`` folders, run end to end on tiny models.
 
-A use-case folder must hold README.md, config.yaml, config.smoke.yaml, prepare_data.py, train.py and a
-``predict.py`` or ``chat.py``. The test runs, as a user would (subprocesses from the repository root):
+A use-case folder must hold README.md, config.yaml, config.smoke.yaml, prepare_data.py, train.py, a
+``predict.py`` or ``chat.py``, a committed ``results/report.json`` (its full default run) and ``ci.yaml`` (its
+real-model CI tier, run by tests/test_ci_tier.py). The test runs, as a user would (subprocesses from the
+repository root):
 
 1. ``train.py --config config.smoke.yaml --output_dir RUN`` -> ``RUN/report.json`` obeys the report contract,
    ``RUN/REPORT.md`` and the plots exist;
@@ -20,7 +22,8 @@ from common.report import validate_report
 
 REPO = Path(__file__).resolve().parents[1]
 USECASES = sorted(p for p in REPO.glob("usecase-*") if p.is_dir())
-REQUIRED = ("README.md", "config.yaml", "config.smoke.yaml", "prepare_data.py", "train.py")
+REQUIRED = ("README.md", "config.yaml", "config.smoke.yaml", "prepare_data.py", "train.py", "ci.yaml",
+            "results/report.json")
 
 
 def _run(args, timeout=600):
@@ -32,7 +35,20 @@ def _run(args, timeout=600):
 
 
 def test_usecases_are_discovered():
-    assert {p.name for p in USECASES} >= {"usecase-chatbot"}
+    assert {p.name for p in USECASES} >= {"usecase-chatbot", "usecase-vision-defects"}
+
+
+@pytest.mark.parametrize("folder", USECASES, ids=[p.name for p in USECASES])
+def test_usecase_declares_a_real_model_ci_tier(folder):
+    """Every recipe has a CI tier: a reduced run of the embedded model within 5 minutes, with a real gain."""
+    import yaml
+
+    tier = yaml.safe_load((folder / "ci.yaml").read_text())
+    assert (folder / tier["config"]).exists(), f"{folder.name}/ci.yaml names a missing config"
+    assert 0 < tier["max_minutes"] <= 5, "a CI tier must fit in 5 minutes on 2 cores"
+    assert tier["min_gain"] > 0, "a CI tier must assert a real gain over the base model"
+    config = yaml.safe_load((folder / tier["config"]).read_text())
+    assert "tiny-random" not in str(config.get("model_name_or_path", "")), "the CI tier uses the real model"
 
 
 @pytest.mark.parametrize("folder", USECASES, ids=[p.name for p in USECASES])

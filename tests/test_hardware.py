@@ -47,9 +47,42 @@ def test_plain_cpu_is_fp32(fresh):
     assert hardware.precision_defaults(hw) == {"bf16": False, "fp16": False, "use_cpu": True}
 
 
-def test_cpu_with_native_bf16_units_uses_bf16(fresh):
+def test_cpu_with_native_bf16_units_still_trains_in_fp32(fresh):
+    # Measured (bench/cpu_precision.py): no speed-up for these small models, worse merge parity.
     _cpu(fresh, native_bf16=True)
-    assert hardware.detect().precision == "bf16"
+    hw = hardware.detect()
+    assert (hw.precision, hw.cpu_native_bf16) == ("fp32", True)
+    assert "native bf16 units" in hw.describe() and hw.describe().endswith("fp32")
+
+
+def test_report_names_the_precision_the_run_used(fresh):
+    _cpu(fresh, native_bf16=False)
+
+    class Forced:
+        bf16, fp16 = True, False
+
+    assert hardware.training_precision(Forced()) == "bf16"
+    assert hardware.detect().describe(hardware.training_precision(Forced())).endswith(", bf16")
+
+
+def test_this_machine_gets_the_policy_path_unmocked():
+    """Not mocked: whatever CPU the tests run on, the parsed training arguments follow the policy."""
+    import os
+
+    from transformers import TrainingArguments
+
+    from common.config import parse_config
+
+    hardware.detect.cache_clear()
+    try:
+        hw = hardware.detect()
+        (args,) = parse_config((TrainingArguments,), ["--output_dir", "unused"])
+        forced = os.environ.get("COOKBOOK_PRECISION")
+        assert hardware.training_precision(args) == (forced or ("fp32" if hw.device == "cpu" else hw.precision))
+        assert args.use_cpu == (hw.device == "cpu")
+        print(hw.describe(hardware.training_precision(args)))
+    finally:
+        hardware.detect.cache_clear()
 
 
 def test_mps_is_fp32(fresh):

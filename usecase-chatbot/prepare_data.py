@@ -69,21 +69,55 @@ def conversation(system_prompt: str, question: str, answer: str) -> list[dict]:
             {"role": "assistant", "content": answer}]
 
 
-def build_splits(docs_file: Path, questions_file: Path, system_prompt: str, seed: int = 0) -> dict[str, list[dict]]:
-    """Return ``{"train": rows, "valid": rows, "test": rows}`` of ``messages`` rows."""
+def build_splits(docs_file: Path, questions_file: Path, system_prompt: str, seed: int = 0,
+                 max_facts: int | None = None) -> dict[str, list[dict]]:
+    """Return ``{"train": rows, "valid": rows, "test": rows}`` of ``messages`` rows.
+
+    ``max_facts`` keeps the first N statements of the docs (a reduced run, e.g. the CI tier); all by default.
+    """
     statements = read_statements(docs_file)
     questions = read_questions(questions_file, statements)
+    if max_facts:
+        statements = dict(list(statements.items())[:max_facts])
     splits: dict[str, list[dict]] = {"train": [], "valid": [], "test": []}
     for fact_id, answer in statements.items():
         q = questions[fact_id]
         for question in q["train"]:
             splits["train"].append({"fact_id": fact_id, "messages": conversation(system_prompt, question, answer)})
-        splits["valid"].append({"fact_id": fact_id, "messages": conversation(system_prompt, q["valid"], answer)})
+        splits["valid"].append({"fact_id": fact_id, "key_terms": q["keys"],
+                                "messages": conversation(system_prompt, q["valid"], answer)})
         for question in q["test"]:
             splits["test"].append({"fact_id": fact_id, "key_terms": q["keys"],
                                    "messages": conversation(system_prompt, question, answer)})
     random.Random(seed).shuffle(splits["train"])
     return splits
+
+
+def first_sentences(text: str, n: int) -> str:
+    """The first ``n`` sentences of ``text`` (all of it when ``n`` is 0)."""
+    return " ".join(re.split(r"(?<=[.!?])\s+", text.strip())[:n]) if n else text
+
+
+def build_replay(model, tokenizer, questions: list[str], system_prompt: str, with_system_prompt: bool = True,
+                 sentences: int = 1, max_new_tokens: int = 48, batch_size: int = 16):
+    """The base model's own (first-sentence) answers to general questions, as prompt/completion rows.
+
+    These "replay" rows join the training data against forgetting. Every other question is asked under the
+    bot's system prompt: general questions must keep their answers whatever the system prompt, so the adapter
+    learns to act on product questions only. Short answers: the answer is nearly always in the first sentence,
+    and short rows train faster.
+    """
+    from datasets import Dataset
+
+    from common.evaluation import generate_chat
+
+    system = [{"role": "system", "content": system_prompt}]
+    prompts = [(system if i % 2 and with_system_prompt else []) + [{"role": "user", "content": q}]
+               for i, q in enumerate(questions)]
+    answers = generate_chat(model, tokenizer, prompts, max_new_tokens, batch_size, "base: replay")
+    answers = [first_sentences(a, sentences) for a in answers]
+    return Dataset.from_list([{"prompt": p, "completion": [{"role": "assistant", "content": a}], "replay": True}
+                              for p, a in zip(prompts, answers) if a])
 
 
 def write_splits(splits: dict[str, list[dict]], out_dir: Path) -> dict[str, Path]:

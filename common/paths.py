@@ -1,0 +1,69 @@
+"""One path convention for every recipe: paths in configs are repository-relative; reports store no machine paths.
+
+    from common.paths import load_sibling, repo_path, portable_path
+
+    prepare = load_sibling(__file__, "prepare_data")   # usecase-x/prepare_data.py, loaded by path
+    docs = repo_path("usecase-chatbot/data/help_center.md")   # works from any working directory
+    report["data_dir"] = portable_path(data_dir, out_dir)      # "data/generated", never "/home/..."
+
+Use-case folders have hyphens, so they are not importable packages: their scripts load each other by path
+(:func:`load_sibling`), never by editing ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+
+#: The repository root (``common/`` is installed editable by ``make setup``, so this is the checkout).
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def repo_path(path: str | os.PathLike) -> Path:
+    """``path`` as given when it exists (absolute, or relative to the working directory), else relative to the
+    repository root -- so ``usecase-chatbot/data/questions.yaml`` in a config works from any folder."""
+    p = Path(path).expanduser()
+    if p.is_absolute() or p.exists():
+        return p
+    return REPO_ROOT / p
+
+
+def portable_path(path: str | os.PathLike | None, *bases: str | os.PathLike) -> str | None:
+    """A path fit for a committed report: relative to the first of ``bases`` (then the repository root) that
+    contains it, else just its name. ``None`` stays ``None``."""
+    if path is None:
+        return None
+    p = Path(path).expanduser().resolve()
+    for base in (*bases, REPO_ROOT):
+        try:
+            return p.relative_to(Path(base).expanduser().resolve()).as_posix()
+        except ValueError:
+            continue
+    return p.name
+
+
+def load_sibling(script_file: str | os.PathLike, name: str) -> ModuleType:
+    """Import ``name.py`` from the folder of ``script_file`` (a recipe's own module) by its path.
+
+    The module is registered in ``sys.modules`` under a name unique to its folder (dataclasses defined in it
+    need that), and loaded once per process.
+    """
+    folder = Path(script_file).resolve().parent
+    key = f"{folder.name.replace('-', '_')}.{name}"
+    if key in sys.modules:
+        return sys.modules[key]
+    path = folder / f"{name}.py"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found (expected beside {Path(script_file).name})")
+    spec = importlib.util.spec_from_file_location(key, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[key] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[key]
+        raise
+    return module

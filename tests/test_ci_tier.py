@@ -1,0 +1,55 @@
+"""The real-model CI tier of every use case: the embedded pretrained model, a reduced but real run, a real gain.
+
+Each ``usecase-*`` folder declares its tier in ``ci.yaml``::
+
+    config: config.ci.yaml      # the reduced run (same train.py, same code path as config.yaml)
+    max_minutes: 5              # wall-clock budget of the whole run on 2 CPU cores
+    min_gain: 0.2               # primary metric, fine-tuned minus base model, on the held-out test split
+    floors:                     # optional: other report values that must hold after the run
+      metrics.after.general_retention_other: 0.6
+
+``make test-ci`` (and ``.ci/run``) runs this file; ``make test`` does not (``-m "not ci"``). The contract test
+(tests/test_contract.py) requires ``ci.yaml`` of every use case, so a new recipe cannot skip its tier.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+USECASES = sorted(p for p in REPO.glob("usecase-*") if (p / "ci.yaml").exists())
+
+
+def lookup(report: dict, dotted: str):
+    value = report
+    for key in dotted.split("."):
+        value = value[key]
+    return value
+
+
+@pytest.mark.ci
+@pytest.mark.parametrize("folder", USECASES, ids=[p.name for p in USECASES])
+def test_ci_tier_beats_the_base_model(folder, tmp_path):
+    tier = yaml.safe_load((folder / "ci.yaml").read_text())
+    run = tmp_path / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, folder / "train.py", "--config", folder / tier["config"],
+                           "--output_dir", run], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=3 * 60 * tier["max_minutes"])
+    minutes = (time.perf_counter() - start) / 60
+    assert proc.returncode == 0, f"{folder.name} CI tier failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    report = json.loads((run / "report.json").read_text())
+    primary = report["primary_metric"]
+    before, after = report["metrics"]["before"][primary], report["metrics"]["after"][primary]
+    print(f"{folder.name}: {primary} {before:.3f} -> {after:.3f} in {minutes:.1f} min on {report['hardware']}")
+    assert after - before >= tier["min_gain"], f"{primary} gained {after - before:.3f} < {tier['min_gain']}"
+    for key, floor in (tier.get("floors") or {}).items():
+        assert lookup(report, key) >= floor, f"{key} = {lookup(report, key)} < {floor}"
+    assert minutes <= tier["max_minutes"], f"the CI tier took {minutes:.1f} min (budget {tier['max_minutes']})"
