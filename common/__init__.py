@@ -10,6 +10,8 @@ One job per module:
 - :mod:`common.evaluation` -- metrics and generation-based evaluation (before -> after).
 - :mod:`common.report`   -- report.json, REPORT.md and PNG plots for every run.
 - :mod:`common.export`   -- merge LoRA into the base weights, check parity, save safetensors + model card.
+- :mod:`common.paths`    -- repository-relative paths, loading a recipe's sibling scripts, machine-free paths.
+- :mod:`common.vision`   -- image classification: images, data, backbones, probe + Trainer, metrics, CAM.
 """
 
 __version__ = "0.1.0"

@@ -176,8 +176,8 @@ def resume_checkpoint(args) -> str | None:
 def train_and_measure(trainer: Trainer, token_key: str | None = "num_tokens", unit: str = "tokens/s") -> dict:
     """Run ``trainer.train()`` (resuming if a checkpoint exists) and return what the report needs.
 
-    Returns ``{seconds, steps, epochs, throughput: {value, unit}, samples_per_second, peak_memory_mb,
-    final_train_loss, resumed_from}``. Throughput counts the tokens (or samples) processed in *this*
+    Returns ``{trainable_parameters, total_parameters, seconds, steps, epochs, throughput: {value, unit},
+    samples_per_second, peak_memory_mb, first_train_loss, final_train_loss, best_checkpoint, resumed_from}``. Throughput counts the tokens (or samples) processed in *this*
     invocation per second of wall time. Checkpoint paths are relative to ``output_dir`` (reports are committed).
     """
     reset_peak_memory()
@@ -197,7 +197,10 @@ def train_and_measure(trainer: Trainer, token_key: str | None = "num_tokens", un
     else:
         throughput = {"value": samples, "unit": "samples/s"}
     losses = [h["loss"] for h in history if "loss" in h]
+    params = list(trainer.model.parameters())
     return {
+        "trainable_parameters": sum(p.numel() for p in params if p.requires_grad),
+        "total_parameters": sum(p.numel() for p in params),
         "seconds": round(seconds, 1),
         "steps": trainer.state.global_step - start_step,
         "epochs": round(trainer.state.epoch or 0, 2),

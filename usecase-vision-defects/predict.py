@@ -11,18 +11,33 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+import os
 from pathlib import Path
-
-try:
-    import common  # noqa: F401  (installed editable by `make setup`)
-except ImportError:  # running from a plain checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from common.gradcam import GradCAM, overlay
+from common.paths import REPO_ROOT, repo_path
 from common.vision import IMAGE_EXTENSIONS, build_transforms, load_classifier, load_rgb
+from common.vision.cam import GradCAM, overlay
+
+
+def run_relative(path: str | os.PathLike, run_dir: str | os.PathLike) -> str:
+    """``path`` as written into a run's files: relative to the run folder when inside it, else to the repository
+    when inside it, else relative to the run folder through ``..`` -- never an absolute machine path."""
+    p, run = Path(path).resolve(), Path(run_dir).resolve()
+    for base in (run, REPO_ROOT):
+        if p.is_relative_to(base):
+            return p.relative_to(base).as_posix()
+    return Path(os.path.relpath(p, run)).as_posix()
+
+
+def resolve_run_path(path: str | os.PathLike, run_dir: str | os.PathLike) -> Path:
+    """The inverse of :func:`run_relative`: relative to the run folder if it exists there, else to the repository."""
+    p = Path(path)
+    if p.is_absolute():
+        return p
+    in_run = (Path(run_dir) / p).resolve()
+    return in_run if in_run.exists() else repo_path(p)
 
 
 def explain(model: torch.nn.Module, config: dict, images: list[Path], out_dir: Path) -> list[dict]:
@@ -48,9 +63,9 @@ def explain(model: torch.nn.Module, config: dict, images: list[Path], out_dir: P
 
 
 def held_out_examples(model_dir: Path, n: int) -> list[Path]:
-    """The first ``n`` test images of the run (``test_split.jsonl`` holds absolute paths)."""
+    """The first ``n`` test images of the run (``test_split.jsonl`` paths are written by :func:`run_relative`)."""
     rows = [json.loads(line) for line in (model_dir / "test_split.jsonl").read_text().splitlines() if line]
-    return [Path(r["path"]) for r in rows[:n]]
+    return [resolve_run_path(r["path"], model_dir) for r in rows[:n]]
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -2,7 +2,7 @@
 
 Synthetic data (the default, nothing to download)::
 
-    python usecase-vision-defects/prepare_data.py                       # -> data/generated/
+    python usecase-vision-defects/prepare_data.py                       # -> usecase-vision-defects/data/generated/
     python usecase-vision-defects/prepare_data.py --num_train_per_class 20 --out /tmp/defects
 
 Five product surfaces (brushed metal, woven fabric, painted plastic, wood, circuit board) and five classes:
@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from common.paths import repo_path
 
 HERE = Path(__file__).resolve().parent
 CLASSES = ("good", "scratch", "dent", "stain", "crack")
@@ -280,10 +282,12 @@ def import_mvtec(root: Path, out: Path, seed: int = 0, fractions=(0.6, 0.15, 0.2
 
 
 def prepare(data_dir: str | Path, gen: GenerationArguments) -> Path:
-    """Return a dataset folder for ``train.py``: generate the synthetic set, convert MVTec, or use yours as is."""
-    data_dir = Path(data_dir).expanduser()
-    if not data_dir.is_absolute() and not data_dir.exists():
-        data_dir = HERE / data_dir  # relative paths in config.yaml are relative to this folder
+    """Return a dataset folder (or table) for ``train.py``: generate the synthetic set, convert MVTec, or use yours
+    as is. A relative ``data_dir`` is taken from the working directory if it exists there, else from the repository
+    root (:func:`common.paths.repo_path`), e.g. ``usecase-vision-defects/data/generated``."""
+    data_dir = repo_path(data_dir)
+    if data_dir.is_file():  # a CSV/JSONL table of path,label[,split]
+        return data_dir
     if data_dir.is_dir() and is_mvtec(data_dir):
         return import_mvtec(data_dir, data_dir.parent / f"{data_dir.name}-split", seed=gen.generation_seed)
     if (data_dir / "generation.json").exists():  # generated here before: check it matches the arguments

@@ -5,44 +5,46 @@
     python usecase-vision-defects/train.py --method full --output_dir runs/defects-full
 
 Steps: parse config -> prepare + validate data -> baseline (linear probe on frozen ImageNet features) ->
-fine-tune (LoRA / full) -> evaluate both on the held-out test split -> report -> save.
+fine-tune (LoRA / full) -> evaluate both on the held-out test split (and on validation) -> report -> save.
+Paths in the config are relative to the repository (or the working directory); the report stores none absolute.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
+from transformers import TrainerState, TrainingArguments
+
+from common import vision
+from common.config import parse_config, to_dict
+from common.hardware import detect, peak_memory_mb, training_precision
+from common.paths import load_sibling, portable_path, repo_path
+from common.report import write_report
+from common.train import resume_checkpoint
+
 HERE = Path(__file__).resolve().parent
-try:
-    import common  # noqa: F401  (installed editable by `make setup`)
-except ImportError:  # running from a plain checkout
-    sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE))  # prepare_data.py and predict.py sit beside this script
+predict = load_sibling(__file__, "predict")  # usecase folders are not packages: siblings are loaded by path
+prepare_data = load_sibling(__file__, "prepare_data")
 
-from predict import explain  # noqa: E402
-from prepare_data import GenerationArguments, prepare  # noqa: E402
-from transformers import TrainingArguments  # noqa: E402
 
-from common import vision  # noqa: E402
-from common.config import parse_config, to_dict  # noqa: E402
-from common.hardware import detect, peak_memory_mb  # noqa: E402
-from common.report import write_report  # noqa: E402
-from common.train import resume_checkpoint  # noqa: E402
+def _portable_model(name_or_path: str) -> str:
+    """A local model folder as a repository-relative path (else its name); aliases and hub names unchanged."""
+    return portable_path(repo_path(name_or_path)) if repo_path(name_or_path).is_dir() else name_or_path
 
 
 def main(argv: list[str] | None = None) -> dict:
     # 1. Configuration: dataclass defaults < config.yaml < command-line flags (unknown keys are errors).
     data_args, model_args, gen_args, args = parse_config(
-        (vision.VisionDataArguments, vision.VisionModelArguments, GenerationArguments, TrainingArguments),
+        (vision.VisionDataArguments, vision.VisionModelArguments, prepare_data.GenerationArguments,
+         TrainingArguments),
         argv, default_config=HERE / "config.yaml")
     out = Path(args.output_dir)
 
     # 2. Data: generate (or take yours), then open every image and check every label BEFORE training.
     if not data_args.dataset_name:
-        data_args.data_dir = str(prepare(data_args.data_dir, gen_args))
+        data_args.data_dir = str(prepare_data.prepare(data_args.data_dir, gen_args))
     splits = vision.load_splits(data_args, seed=args.seed)
     classes = vision.validate_splits(splits, data_args.labels, data_args.max_problems_shown)
     print(f"classes {classes}; images " + ", ".join(f"{k}={len(v)}" for k, v in splits.items()))
@@ -58,7 +60,8 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     vision.fit_linear_probe(backbone, probe_ds, args, model_args, cache=out / "feature_cache")
     probe_seconds = time.perf_counter() - start
-    before = vision.evaluate_classifier(backbone, test_ds, classes)
+    before = vision.evaluate_classifier(backbone, test_ds, classes, throughput=False)
+    val_before = vision.evaluate_classifier(backbone, val_ds, classes, throughput=False)
     cam = {"layer": model_args.gradcam_layer, "method": model_args.cam_method, "smooth": model_args.cam_smooth}
     cam_before = vision.localization_score(backbone, test_ds, classes, **cam)
     before["gradcam_peak_in_box"] = cam_before["gradcam_peak_in_box"]
@@ -78,24 +81,28 @@ def main(argv: list[str] | None = None) -> dict:
                                        model_args.early_stopping_patience)
         # resumes from --resume_from_checkpoint, else from the newest checkpoint in output_dir (a killed run)
         resume = resume_checkpoint(args)
-        start_epoch = json.loads((Path(resume) / "trainer_state.json").read_text())["epoch"] if resume else 0.0
+        start_epoch = TrainerState.load_from_json(str(Path(resume) / "trainer_state.json")).epoch if resume else 0.0
         trainer.train(resume_from_checkpoint=resume)
         train = vision.train_throughput(trainer, len(train_ds), start_epoch)
     model = vision.unwrap(trainer.model if trainer else model)
 
-    # 5. Evaluate the fine-tuned model exactly like the baseline (same held-out test split).
+    # 5. Evaluate the fine-tuned model exactly like the baseline (same held-out test split; inference speed after
+    #    a warm-up batch), and both on the validation split too: defaults are chosen there, never on test.
     after = vision.evaluate_classifier(model, test_ds, classes)
+    val_after = vision.evaluate_classifier(model, val_ds, classes, throughput=False)
     cam_after = vision.localization_score(model, test_ds, classes, **cam)
+    cam_val_after = vision.localization_score(model, val_ds, classes, **cam)
     after["gradcam_peak_in_box"] = cam_after["gradcam_peak_in_box"]
     print(f"fine-tuned ({model_args.method}): macro-F1 {after['macro_f1']:.3f}; "
           f"heatmap peak ({model_args.cam_method}) in the defect box: {after['gradcam_peak_in_box']:.0%}")
 
     # 6. Save: safetensors + config.json (labels, normalization, resolution) that predict.py rebuilds from.
     vision.save_classifier(model, out, classes, norm, size,
-                           extra={"base_model": model_args.model_name_or_path, "method": model_args.method,
-                                  "gradcam_layer": model_args.gradcam_layer, "cam_method": model_args.cam_method,
-                                  "cam_smooth": model_args.cam_smooth})
-    tests = [{"path": str(Path(s.name).resolve()), "label": s.label, "box": s.box} for s in splits["test"]
+                           extra={"base_model": _portable_model(model_args.model_name_or_path),
+                                  "method": model_args.method, "gradcam_layer": model_args.gradcam_layer,
+                                  "cam_method": model_args.cam_method, "cam_smooth": model_args.cam_smooth})
+    # paths relative to the run folder or the repository (predict.py --examples resolves them back)
+    tests = [{"path": predict.run_relative(s.name, out), "label": s.label, "box": s.box} for s in splits["test"]
              if isinstance(s.source, (str, Path))]
     (out / "test_split.jsonl").write_text("".join(json.dumps(t) + "\n" for t in tests))
 
@@ -104,23 +111,28 @@ def main(argv: list[str] | None = None) -> dict:
     vision.plot_confusion(before["confusion_matrix"], classes, out / "confusion_matrix_baseline.png",
                           title="Baseline (linear probe) confusion matrix")
     picks = [next(t for t in tests if t["label"] == c) for c in classes if any(t["label"] == c for t in tests)]
-    examples = explain(model, json.loads((out / "config.json").read_text()), [Path(t["path"]) for t in picks],
-                       out / "examples")
+    examples = predict.explain(model, json.loads((out / "config.json").read_text()),
+                               [predict.resolve_run_path(t["path"], out) for t in picks], out / "examples")
     rows = ["| image | true | predicted | confidence | heatmap |", "|---|---|---|---|---|"]
     rows += [f"| {Path(e['image']).name} | {t['label']} | {e['class']} | {e['confidence']:.2f} | "
              f"![](examples/{Path(e['heatmap']).name}) |" for e, t in zip(examples, picks)]
+    config = to_dict(data_args, model_args, gen_args)
+    config["data_dir"] = portable_path(data_args.data_dir, out)  # no machine paths in a committed report
+    config["model_name_or_path"] = _portable_model(model_args.model_name_or_path)
     report = {
-        "usecase": "vision-defects", "model": model_args.model_name_or_path, "method": model_args.method,
-        "hardware": detect().describe(),
+        "usecase": "vision-defects", "model": config["model_name_or_path"], "method": model_args.method,
+        "hardware": detect().describe(training_precision(args)),  # what this run trained in
         "train": {"seconds": round(train["seconds"], 1), "throughput": {"value": round(train["img_per_s"], 1),
                   "unit": "img/s"}, "peak_memory_mb": round(peak_memory_mb(), 1), "images_seen": train["images"],
                   "trainable_parameters": trainable, "total_parameters": total, "image_size": size},
         "primary_metric": "macro_f1",
-        "metrics": {"before": before, "after": after},
+        "metrics": {"before": before, "after": after},  # held-out test split
+        "metrics_validation": {side: {k: m[k] for k in ("accuracy", "macro_f1")}
+                               for side, m in (("before", val_before), ("after", val_after))},
         "inference": {"value": round(after["inference_img_per_s"], 1), "unit": "img/s"},
-        "localization": {"before": cam_before, "after": cam_after},
+        "localization": {"before": cam_before, "after": cam_after, "validation_after": cam_val_after},
         "data": {"classes": classes, **{k: len(v) for k, v in splits.items()}},
-        "config": to_dict(data_args, model_args, gen_args),
+        "config": config,
     }
     sections = [("Confusion matrix (fine-tuned, held-out test)", "![confusion matrix](confusion_matrix.png)\n\n"
                  "Baseline: ![baseline confusion matrix](confusion_matrix_baseline.png)"),

@@ -51,7 +51,7 @@ class GradCAM:
 
         cam = GradCAM(model)                                  # Grad-CAM at the last conv stage
         cam = GradCAM(model, "blocks.0", method="layercam", smooth=2)
-        heat, logits = cam(batch)             # heat: (B, H, W) in [0, 1], for the predicted classes
+        heat, logits = cam(batch)             # heat: (B, H, W) fp32 in [0, 1], for the predicted classes
     """
 
     METHODS = ("gradcam", "layercam")
@@ -66,9 +66,15 @@ class GradCAM:
         self.method = method
         self.smooth = smooth
 
+    def _placement(self) -> dict:
+        """Device and dtype of the model's weights (where and in what the input must be)."""
+        weight = next((p for p in self.model.parameters() if p.is_floating_point()), None)
+        return {"device": weight.device, "dtype": weight.dtype} if weight is not None else {}
+
     def __call__(self, images: torch.Tensor, class_idx: torch.Tensor | int | None = None,
                  contrast_idx: int | None = None):
-        """Heatmaps for ``class_idx`` (default: each image's predicted class); returns ``(heat, logits)``.
+        """Heatmaps for ``class_idx`` (default: each image's predicted class); returns ``(heat, logits)``, both fp32
+        whatever the model's dtype or autocast.
 
         With ``contrast_idx`` (e.g. the ``good`` class) the map explains ``logit[class] - logit[contrast]``:
         what makes this image a defect *rather than a good part*, which ignores the evidence both classes share
@@ -86,7 +92,8 @@ class GradCAM:
         self.model.eval()
         try:
             with torch.enable_grad():
-                x = images.detach().clone().requires_grad_(True)  # a graph even when every weight is frozen
+                # a graph even when every weight is frozen; on the model's device, in its dtype (bf16 weights)
+                x = images.detach().to(**self._placement(), copy=True).requires_grad_(True)
                 logits = self.model(x)
                 logits = logits["logits"] if isinstance(logits, dict) else logits
                 if class_idx is None:
@@ -112,7 +119,7 @@ class GradCAM:
         cam = F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
         cam = gaussian_blur(cam, self.smooth)
         cam = cam / cam.flatten(1).amax(dim=1).clamp_min(1e-8)[:, None, None]
-        return cam.cpu(), logits.detach()
+        return cam.cpu(), logits.detach().float()
 
 
 def peak(cam: torch.Tensor) -> tuple[int, int]:
@@ -137,7 +144,7 @@ def overlay(image: Image.Image, cam: torch.Tensor, alpha: float = 0.45) -> Image
     """The image with the heatmap blended on top (jet colour map), at the image's own size."""
     from matplotlib import colormaps
 
-    heat = Image.fromarray((cam.numpy() * 255).astype(np.uint8)).resize(image.size, Image.BILINEAR)
+    heat = Image.fromarray((cam.float().numpy() * 255).astype(np.uint8)).resize(image.size, Image.BILINEAR)
     colored = colormaps["jet"](np.asarray(heat, np.float32) / 255)[..., :3]
     base = np.asarray(image.convert("RGB"), np.float32) / 255
     return Image.fromarray((255 * ((1 - alpha) * base + alpha * colored)).astype(np.uint8))
