@@ -67,3 +67,17 @@ def load_sibling(script_file: str | os.PathLike, name: str) -> ModuleType:
         del sys.modules[key]
         raise
     return module
+
+
+def machine_paths(obj) -> list[str]:
+    """Every string in a JSON-like object (keys too) that looks like an absolute path of some machine.
+
+    Committed reports must hold none (tests check this with it).
+    """
+    if isinstance(obj, str):
+        return [obj] if obj.startswith(("/", "~")) or obj[1:3] in (":\\", ":/") else []
+    if isinstance(obj, dict):
+        return [s for k, v in obj.items() for s in (*machine_paths(k), *machine_paths(v))]
+    if isinstance(obj, (list, tuple)):
+        return [s for v in obj for s in machine_paths(v)]
+    return []

@@ -143,6 +143,12 @@ def results_table(report: dict) -> str:
              f"| hardware | {report['hardware']} |", f"| training time | {train['seconds']:.0f} s |",
              f"| throughput | {_fmt(tp['value'])} {tp['unit']} |",
              f"| peak memory | {train['peak_memory_mb']:.0f} MiB |"]
+    if train.get("trainable_parameters"):
+        rows.append(f"| trainable parameters | {train['trainable_parameters'] / 1e6:.2f} M of "
+                    f"{train['total_parameters'] / 1e6:.1f} M |")
+    if "merge_max_abs_logit_diff" in train:
+        rows.append(f"| merge check (max abs logit difference, merged vs base + adapter) | "
+                    f"{train['merge_max_abs_logit_diff']:.1e} |")
     return "\n".join(rows)
 
 

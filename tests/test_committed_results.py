@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from common.cli import readme_tables
+from common.paths import machine_paths
 
 REPO = Path(__file__).resolve().parents[1]
 REPORTS = sorted(REPO.glob("usecase-*/results/*.json")) + sorted(REPO.glob("usecase-*/results/*.jsonl"))
@@ -20,22 +21,10 @@ def test_every_usecase_readme_shows_a_generated_results_table():
                                              "`cookbook readme-tables` and commit"
 
 
-def _strings(obj):
-    if isinstance(obj, str):
-        yield obj
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from _strings(k)
-            yield from _strings(v)
-    elif isinstance(obj, list):
-        for v in obj:
-            yield from _strings(v)
-
-
 @pytest.mark.parametrize("path", REPORTS, ids=[str(p.relative_to(REPO)) for p in REPORTS])
 def test_committed_reports_hold_no_machine_paths(path):
     text = path.read_text()
     rows = [json.loads(line) for line in text.splitlines() if line.strip()] if path.suffix == ".jsonl" else [
         json.loads(text)]
-    absolute = [s for row in rows for s in _strings(row) if s.startswith(("/", "~")) or ":\\" in s[:3]]
+    absolute = machine_paths(rows)
     assert not absolute, f"{path.relative_to(REPO)} holds machine paths: {absolute[:3]}"

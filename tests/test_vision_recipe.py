@@ -8,25 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from common.paths import REPO_ROOT, load_sibling
+from common.paths import REPO_ROOT, load_sibling, machine_paths
 
 USECASE = REPO_ROOT / "usecase-vision-defects"
 
 
 def _script(name: str):
     return load_sibling(USECASE / f"{name}.py", name)
-
-
-def _strings(obj):
-    if isinstance(obj, str):
-        yield obj
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from _strings(k)
-            yield from _strings(v)
-    elif isinstance(obj, list):
-        for v in obj:
-            yield from _strings(v)
 
 
 def test_smoke_recipe_trains_reports_and_predicts(tmp_path, monkeypatch):
@@ -52,9 +40,15 @@ def test_smoke_recipe_trains_reports_and_predicts(tmp_path, monkeypatch):
 
     # no machine paths in the report or the test list
     tests = [json.loads(line) for line in (out / "test_split.jsonl").read_text().splitlines()]
-    absolute = [s for s in (*_strings(report), *_strings(tests)) if s.startswith("/")]
+    absolute = machine_paths([report, tests])
     assert not absolute, absolute
     assert report["config"]["data_dir"] == "smoke-data" and tests[0]["path"].startswith("../smoke-data/")
+
+    # the heatmap comparison behind the README's localization table runs on any trained run
+    compared = _script("compare_heatmaps").main(["--model_dir", str(out)])
+    assert compared["settings"] and (out / "heatmap_comparison.json").exists()
+    assert compared["best_on_validation"] in compared["settings"]
+    assert all(0 < v < 1 for v in compared["box_coverage_test"].values())
 
     monkeypatch.chdir(REPO_ROOT / "common")  # another directory: relative paths still resolve
     results = predict.main(["--model_dir", str(out), "--examples", "2"])
