@@ -156,6 +156,14 @@ def trainable_parameters(model: nn.Module) -> tuple[int, int]:
     return sum(p.numel() for p in model.parameters() if p.requires_grad), sum(p.numel() for p in model.parameters())
 
 
+def logits_and_loss(logits: torch.Tensor, labels: torch.Tensor | None) -> dict:
+    """The Trainer's output dict: ``{"logits"}``, plus the cross-entropy ``"loss"`` when labels are given."""
+    out = {"logits": logits}
+    if labels is not None:
+        out["loss"] = nn.functional.cross_entropy(logits, labels)
+    return out
+
+
 class ImageClassifier(nn.Module):
     """Trainer-facing wrapper: ``forward(pixel_values, labels)`` -> ``{"loss", "logits"}``."""
 
@@ -164,11 +172,7 @@ class ImageClassifier(nn.Module):
         self.backbone = backbone
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> dict:
-        logits = self.backbone(pixel_values)
-        out = {"logits": logits}
-        if labels is not None:
-            out["loss"] = nn.functional.cross_entropy(logits, labels)
-        return out
+        return logits_and_loss(self.backbone(pixel_values), labels)
 
 
 class LinearHead(nn.Module):
@@ -179,11 +183,7 @@ class LinearHead(nn.Module):
         self.linear = nn.Linear(num_features, num_classes)
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor | None = None) -> dict:
-        logits = self.linear(features)
-        out = {"logits": logits}
-        if labels is not None:
-            out["loss"] = nn.functional.cross_entropy(logits, labels)
-        return out
+        return logits_and_loss(self.linear(features), labels)
 
 
 # ------------------------------------------------------------------------------------------ save / load
