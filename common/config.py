@@ -18,6 +18,7 @@ from typing import Any
 
 from trl import ModelConfig, TrlParser
 
+from common.errors import ConfigError
 from common.hardware import check_training_precision, precision_defaults
 
 
@@ -74,7 +75,8 @@ def parse_config(
     parsed = parser.parse_args_and_config(args, return_remaining_strings=True)
     *instances, remaining = parsed
     if remaining:
-        raise ValueError(f"Unknown configuration keys or flags: {remaining}")
+        raise ConfigError(f"Unknown configuration keys or flags: {remaining} (check the spelling; "
+                          f"`--help` lists every key)")
     for instance in instances:
         if hasattr(instance, "bf16"):
             check_training_precision(instance)

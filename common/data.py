@@ -14,6 +14,8 @@ Schemas (TRL's dataset formats):
 
 from __future__ import annotations
 
+from common.errors import DataError
+
 import csv
 import json
 from collections.abc import Callable, Iterable
@@ -25,7 +27,7 @@ ROLES = ("system", "user", "assistant")
 MAX_LISTED = 10
 
 
-class DataValidationError(ValueError):
+class DataValidationError(DataError):
     """Bad input data; the message names the source, the row(s) and the problem."""
 
 

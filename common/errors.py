@@ -1,0 +1,51 @@
+"""User-facing errors: a bad config value, flag, data file or model path stops a script with one clear message.
+
+    from common.errors import ConfigError, DataError, run_main
+
+    raise DataError(f"{path}, row {i}: 'messages' is empty")   # file, row, what is wrong (and the fix)
+
+    if __name__ == "__main__":
+        run_main(main)          # exit code 2 and the message, no traceback (COOKBOOK_DEBUG=1 shows it)
+
+Anything else that escapes ``main`` is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+
+class CookbookError(Exception):
+    """Base of the errors a user can fix: they name the file / row / key, what is wrong and how to fix it."""
+
+
+class ConfigError(CookbookError, ValueError):
+    """A configuration value or command-line flag that cannot work (unknown key, out of range, bad choice)."""
+
+
+class DataError(CookbookError, ValueError):
+    """A data file that cannot be used: unreadable, malformed, a bad row or image, degenerate splits."""
+
+
+class ModelPathError(CookbookError, FileNotFoundError):
+    """A model or run folder that does not exist, is empty, or holds incomplete / corrupt weights."""
+
+
+#: Exit code for usage and data errors (the shell convention for "bad usage"); 1 stays for real failures.
+USAGE_EXIT_CODE = 2
+
+
+def run_main(main: Callable[[], object]) -> None:
+    """Run a script's ``main()``: a :class:`CookbookError` prints ``error: <message>`` and exits with code 2.
+
+    Set ``COOKBOOK_DEBUG=1`` to get the full traceback instead.
+    """
+    try:
+        main()
+    except CookbookError as e:
+        if os.environ.get("COOKBOOK_DEBUG"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(USAGE_EXIT_CODE)
