@@ -32,7 +32,11 @@ $(VENV)/.setup-done: pyproject.toml Makefile
 	touch $@
 
 demo: setup
-	HF_HUB_OFFLINE=1 $(BIN)/python usecase-chatbot/train.py --output_dir $(RUN_DIR)
+	@if [ -f $(RUN_DIR)/report.json ]; then \
+		echo "$(RUN_DIR) already holds a finished run (rm -rf $(RUN_DIR) to train again):"; \
+	else \
+		HF_HUB_OFFLINE=1 $(BIN)/python usecase-chatbot/train.py --output_dir $(RUN_DIR); \
+	fi
 	@cat $(RUN_DIR)/REPORT.md
 
 test: setup

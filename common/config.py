@@ -20,6 +20,7 @@ from trl import ModelConfig, TrlParser
 
 from common.errors import ConfigError
 from common.hardware import check_training_precision, precision_defaults
+from common.train import refuse_finished_run
 
 
 @dataclass
@@ -62,7 +63,8 @@ def parse_config(
         default_config: YAML used when no ``--config`` is given (a recipe passes its own ``config.yaml``).
 
     Raises:
-        ValueError: a YAML key or flag that no dataclass declares (the message names it).
+        ConfigError: a YAML key or flag that no dataclass declares (the message names it), or an ``output_dir``
+            that already holds a finished run (``report.json``): it is never trained over.
     """
     args = list(sys.argv[1:] if args is None else args)
     if "--config" not in args and default_config is not None:
@@ -80,6 +82,8 @@ def parse_config(
     for instance in instances:
         if hasattr(instance, "bf16"):
             check_training_precision(instance)
+        if getattr(instance, "output_dir", None):
+            refuse_finished_run(instance.output_dir)  # before any data or model work
     return tuple(instances)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -180,6 +181,13 @@ def run_command(argv: Sequence[str] | None = None) -> str:
     return " ".join(["python", *parts]) if parts and parts[0].endswith(".py") else " ".join(parts)
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename: a killed run never leaves half a report."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def write_report(
     output_dir: str | Path,
     report: dict,
@@ -208,7 +216,7 @@ def write_report(
     if plot_before_after(before, after, out / "before_after.png"):
         figures.append(("Before -> after", "before_after.png"))
     report = {"command": run_command(), **report, "figures": [f for _, f in figures]}
-    (out / "report.json").write_text(json.dumps(_finite(report), indent=2, default=str, allow_nan=False) + "\n")
+    _write_atomic(out / "report.json", json.dumps(_finite(report), indent=2, default=str, allow_nan=False) + "\n")
 
     train = report["train"]
     tp = train["throughput"]
@@ -236,5 +244,5 @@ def write_report(
         lines += [f"## {title}", "", f"![{title}]({name})", ""]
     for heading, body in sections:
         lines += [f"## {heading}", "", body.rstrip(), ""]
-    (out / "REPORT.md").write_text("\n".join(lines))
+    _write_atomic(out / "REPORT.md", "\n".join(lines))
     return out / "report.json"

@@ -14,8 +14,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from transformers import EarlyStoppingCallback, Trainer, TrainerState
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from common.errors import ConfigError, ModelPathError
 from common.hardware import detect, peak_memory_mb, reset_peak_memory
 from common.paths import portable_path
 
@@ -157,20 +158,103 @@ def replay_kl_trainer_class():
     return ReplayKLSFTTrainer
 
 
+def checkpoint_problem(folder: str | Path) -> str | None:
+    """``None`` when a ``checkpoint-*`` folder is complete, else what is wrong with which file.
+
+    The Trainer's save is not atomic: a run killed while saving leaves a partial folder. Checked without loading
+    the weights: ``trainer_state.json`` parses, every safetensors file has a readable header and its tensors fit
+    in the file, every torch pickle (``optimizer.pt``, ``scheduler.pt``, ``rng_state.pth``, ``*.bin``) is a zip
+    archive whose CRCs match.
+    """
+    import json
+    import zipfile
+
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    state = folder / "trainer_state.json"
+    try:
+        json.loads(state.read_text())
+    except (OSError, ValueError) as e:
+        return f"{state}: missing or unreadable ({e.__class__.__name__})"
+    weights = [*folder.glob("*.safetensors")]
+    if not weights:
+        return f"{folder}: no *.safetensors weights"
+    for f in weights:
+        try:
+            with safe_open(str(f), framework="pt") as st:
+                for name in st.keys():
+                    st.get_slice(name)  # reads the header entry; a truncated file fails here or below
+            if f.stat().st_size < _safetensors_end(f):
+                return f"{f}: truncated"
+        except Exception as e:  # noqa: BLE001 -- any failure to read the header means an unusable file
+            return f"{f}: unreadable ({e})"
+    for f in [*folder.glob("*.pt"), *folder.glob("*.pth"), *folder.glob("*.bin")]:
+        try:
+            with zipfile.ZipFile(f) as z:
+                bad = z.testzip()
+            if bad:
+                return f"{f}: corrupt member {bad}"
+        except (OSError, zipfile.BadZipFile) as e:
+            return f"{f}: truncated or corrupt ({e})"
+    return None
+
+
+def _safetensors_end(path: Path) -> int:
+    """The byte length a safetensors file must have, from its header (8-byte size + JSON + data)."""
+    import json
+    import struct
+
+    with path.open("rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+    return 8 + n + max(ends, default=0)
+
+
 def resume_checkpoint(args) -> str | None:
-    """The checkpoint to resume from: ``args.resume_from_checkpoint`` if set, else the newest in ``output_dir``.
+    """The checkpoint to resume from: ``args.resume_from_checkpoint`` if set, else the newest *complete* one in
+    ``output_dir`` -- a partial checkpoint (a run killed while saving) is skipped with a warning naming the bad
+    file, and the one before it is used.
 
     A killed run therefore continues where its last complete checkpoint left off when started again with the
     same ``--output_dir``. Use a fresh ``--output_dir`` to start over.
+
+    Raises:
+        ModelPathError: an explicit ``resume_from_checkpoint`` that is missing or incomplete.
     """
     if args.resume_from_checkpoint:
+        problem = checkpoint_problem(args.resume_from_checkpoint)
+        if problem:
+            raise ModelPathError(f"resume_from_checkpoint: {problem}")
         return args.resume_from_checkpoint
-    if Path(args.output_dir).is_dir():
-        last = get_last_checkpoint(args.output_dir)
-        if last:
-            logger.warning("Resuming from %s (use a new --output_dir to start over)", last)
-        return last
+    out = Path(args.output_dir)
+    if not out.is_dir():
+        return None
+    checkpoints = sorted((p for p in out.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir()
+                          and p.name.split("-")[-1].isdigit()), key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+    for ckpt in checkpoints:
+        problem = checkpoint_problem(ckpt)
+        if problem is None:
+            logger.warning("Resuming from %s (use a new --output_dir to start over)", ckpt)
+            return str(ckpt)
+        logger.warning("Skipping incomplete checkpoint %s: %s", ckpt.name, problem)
     return None
+
+
+def refuse_finished_run(output_dir: str | Path) -> None:
+    """A folder that already holds a finished run (``report.json``) is never trained over.
+
+    Re-running a finished command used to overwrite its report with a 0-step "training"; now it stops before any
+    work, and the message says what to do.
+
+    Raises:
+        ConfigError: ``output_dir/report.json`` exists.
+    """
+    report = Path(output_dir) / "report.json"
+    if report.exists():
+        raise ConfigError(f"{output_dir} already holds a finished run ({report.name}); nothing was changed. "
+                          "Pass a new --output_dir, or delete the folder to train again.")
 
 
 def train_and_measure(trainer: Trainer, token_key: str | None = "num_tokens", unit: str = "tokens/s") -> dict:

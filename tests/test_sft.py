@@ -9,6 +9,7 @@ from trl import SFTConfig, get_peft_config
 
 from common.config import ModelArguments
 from common.data import messages_to_prompt_completion
+from common.errors import ModelPathError
 from common.export import merge_and_export
 from common.models import TINY_TEXT_ALIAS, load_causal_lm, load_tokenizer, load_trained_causal_lm
 from common.train import build_sft_trainer, train_and_measure
@@ -228,3 +229,71 @@ def test_replay_kl_keeps_the_model_near_its_base_on_replay_prompts(tmp_path):
 def test_replay_kl_needs_the_replay_column(tmp_path):
     with pytest.raises(ValueError, match="'replay' column"):
         _kl_trainer(tmp_path, _dataset())
+
+
+# --- reliability of resume: a kill at any step, a checkpoint left half-written, a finished run ------------------
+
+
+class _KillAtStep(TrainerCallback):
+    """Simulates a kill in the middle of training: raises at the end of step ``at`` (before its checkpoint)."""
+
+    def __init__(self, at):
+        self.at = at
+
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step == self.at:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("kill_at", sorted(__import__("random").Random(7).sample(range(2, 7), 2)))
+def test_kill_at_any_step_resumes_onto_the_same_loss_curve(tmp_path, kill_at):
+    kw = dict(save_strategy="steps", save_steps=2, max_steps=7)
+    straight = _trainer(tmp_path / "a", **kw)
+    straight.train()
+    curve = {h["step"]: h["loss"] for h in straight.state.log_history if "loss" in h}
+
+    killed = _trainer(tmp_path / "b", **kw)
+    killed.add_callback(_KillAtStep(kill_at))
+    with pytest.raises(KeyboardInterrupt):
+        killed.train()
+    resumed = _trainer(tmp_path / "b", **kw)
+    stats = train_and_measure(resumed)
+    last_saved = kill_at - kill_at % 2 if kill_at % 2 else kill_at - 2  # step kill_at's own save never happened
+    assert stats["resumed_from"] == f"checkpoint-{last_saved}"
+    after = {h["step"]: h["loss"] for h in resumed.state.log_history if "loss" in h and h["step"] > last_saved}
+    assert sorted(after) == list(range(last_saved + 1, 8))
+    for step, loss in after.items():
+        assert loss == pytest.approx(curve[step], rel=1e-5), f"loss at step {step} differs after resume"
+
+
+@pytest.mark.parametrize("damage", ["truncate-weights", "drop-state", "truncate-optimizer"])
+def test_resume_skips_a_half_written_checkpoint(tmp_path, damage, caplog):
+    from common.train import checkpoint_problem, resume_checkpoint
+
+    kw = dict(save_strategy="steps", save_steps=2, max_steps=4)
+    trainer = _trainer(tmp_path, **kw)
+    trainer.train()
+    newest = tmp_path / "run" / "checkpoint-4"
+    target = {"truncate-weights": newest / "adapter_model.safetensors", "drop-state": newest / "trainer_state.json",
+              "truncate-optimizer": newest / "optimizer.pt"}[damage]
+    if damage == "drop-state":
+        target.unlink()
+    else:
+        target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
+    assert target.name in checkpoint_problem(newest)
+    assert checkpoint_problem(tmp_path / "run" / "checkpoint-2") is None
+    assert resume_checkpoint(trainer.args).endswith("checkpoint-2")
+    assert "Skipping incomplete checkpoint checkpoint-4" in caplog.text and target.name in caplog.text
+    trainer.args.resume_from_checkpoint = str(newest)  # named explicitly: a clear error, not a traceback
+    with pytest.raises(ModelPathError, match=target.name):
+        resume_checkpoint(trainer.args)
+
+
+def test_a_finished_run_is_never_trained_over(tmp_path):
+    from common.config import parse_config
+    from common.errors import ConfigError
+
+    (tmp_path / "report.json").write_text("{}")
+    with pytest.raises(ConfigError, match="already holds a finished run"):
+        parse_config((SFTConfig,), ["--output_dir", str(tmp_path)])
+    assert (tmp_path / "report.json").read_text() == "{}"
