@@ -14,14 +14,14 @@ Schemas (TRL's dataset formats):
 
 from __future__ import annotations
 
-from common.errors import DataError
-
 import csv
 import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from datasets import Dataset
+
+from common.errors import DataError
 
 ROLES = ("system", "user", "assistant")
 MAX_LISTED = 10
@@ -31,33 +31,78 @@ class DataValidationError(DataError):
     """Bad input data; the message names the source, the row(s) and the problem."""
 
 
+class DataFileMissing(DataError, FileNotFoundError):
+    """A data file that does not exist (a :class:`DataError` that is also a ``FileNotFoundError``)."""
+
+
+def _not_utf8(path: Path, e: UnicodeDecodeError) -> DataValidationError:
+    return DataValidationError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at byte offset {e.start}); "
+                               f"save the file as UTF-8")
+
+
+def read_text(path: str | Path) -> str:
+    """The UTF-8 text of a data file; a missing file, a folder or non-UTF-8 bytes raise a :class:`DataError`
+    naming the file (and the byte offset of the first bad byte)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataFileMissing(f"{path}: no such file")
+    if not path.is_file():
+        raise DataValidationError(f"{path}: is a folder, not a file")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _not_utf8(path, e) from None
+
+
+def read_yaml(path: str | Path):
+    """Parse a YAML data file; a syntax error raises a :class:`DataError` with the file and the line."""
+    import yaml
+
+    text = read_text(path)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        start = getattr(e, "context_mark", None)
+        if start is not None and mark is not None and start.line != mark.line:
+            where += f" (in what starts at line {start.line + 1})"
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise DataValidationError(f"{path}{where}: YAML syntax error ({problem}); fix the YAML there "
+                                  f"(quote strings holding ':' or '#', close brackets)") from None
+
+
 def read_rows(source: str | Path) -> list[dict]:
     """Read a JSONL/JSON/CSV file into a list of dicts; malformed lines raise with file and line number."""
     path = Path(source)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
+        raise DataFileMissing(f"{path}: no such file")
     if path.suffix == ".jsonl":
         rows = []
-        with path.open(encoding="utf-8") as f:
-            for i, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataValidationError(f"{path}, row {i}: not valid JSON ({e.msg} at column {e.colno})") from None
-                if not isinstance(row, dict):
-                    raise DataValidationError(f"{path}, row {i}: expected a JSON object, got {type(row).__name__}")
-                rows.append(row)
+        for i, line in enumerate(read_text(path).split("\n"), start=1):  # not splitlines: JSON may hold U+2028
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataValidationError(f"{path}, row {i}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(row, dict):
+                raise DataValidationError(f"{path}, row {i}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
         return rows
     if path.suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            data = json.loads(read_text(path))
+        except json.JSONDecodeError as e:
+            raise DataValidationError(f"{path}, line {e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
         if not isinstance(data, list):
             raise DataValidationError(f"{path}: expected a JSON list of objects")
         return data
     if path.suffix == ".csv":
-        with path.open(encoding="utf-8", newline="") as f:
-            return list(csv.DictReader(f))
+        import io
+
+        return list(csv.DictReader(io.StringIO(read_text(path), newline="")))
     raise DataValidationError(f"{path}: unsupported file type '{path.suffix}' (use .jsonl, .json or .csv)")
 
 

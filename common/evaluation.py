@@ -51,11 +51,21 @@ def normalize(text: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"[^\x00-\x7f]", " ", text)).strip()
 
 
+def term_alternatives(term: str) -> list[str]:
+    """The normalized ``|``-separated alternatives of a key term, empty ones dropped (``"|"`` has none)."""
+    if not isinstance(term, str):
+        return []
+    return [a for a in (normalize(alt) for alt in term.split("|")) if a]
+
+
 def term_present(term: str, text: str) -> bool:
-    """True when ``term`` (or one of its ``|``-separated alternatives) occurs in ``text`` as a whole token run."""
+    """True when ``term`` (or one of its ``|``-separated alternatives) occurs in ``text`` as a whole token run.
+
+    An empty alternative (``"|"``, ``""``, ``" | "``, ``"a|"``) never matches: it would be found in any answer,
+    the empty one included.
+    """
     norm = normalize(text)
-    for alt in term.split("|"):
-        alt = normalize(alt)
+    for alt in term_alternatives(term):
         # word boundaries where the term starts/ends with a word character ("8" must not match "18")
         # numbers must not continue either ("7" is not in "7,200"; "3" is not in "3.5")
         pattern = ((r"(?<![\w])(?<!\d[.,])" if alt[:1].isalnum() else "") + re.escape(alt)
@@ -66,8 +76,8 @@ def term_present(term: str, text: str) -> bool:
 
 
 def key_terms_score(answer: str, key_terms: Sequence[str]) -> bool:
-    """A fact counts as answered when *every* key term is present in the answer."""
-    return all(term_present(t, answer) for t in key_terms)
+    """A fact counts as answered when *every* key term is present in the answer (no key terms: never)."""
+    return bool(key_terms) and all(term_present(t, answer) for t in key_terms)
 
 
 def key_terms_accuracy(answers: Sequence[str], key_terms: Sequence[Sequence[str]]) -> float:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from common.errors import ConfigError, ModelPathError
 from common.hardware import Hardware, detect
 
 logger = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-class EmbeddedModelMissing(FileNotFoundError):
+class EmbeddedModelMissing(ModelPathError):
     """The package carrying an embedded model is not installed."""
 
 
@@ -171,12 +172,35 @@ def prepare_embedded(alias: str) -> Path:
     return _BUILDERS[alias](out)
 
 
+def _aliases() -> str:
+    return ", ".join(sorted(_BUILDERS))
+
+
+def looks_like_path(name: str) -> bool:
+    """A local path rather than a hub id (``owner/name``): starts with ``.``, ``/`` or ``~``, has a backslash,
+    ends with ``/``, has more than one ``/``, or its first part is an existing local folder (``runs/x``)."""
+    if name.startswith((".", "/", "~")) or "\\" in name or name.endswith("/"):
+        return True
+    parts = name.split("/")
+    return len(parts) > 2 or (len(parts) == 2 and Path(parts[0]).expanduser().is_dir())
+
+
 def resolve_model(name_or_path: str) -> str:
-    """Apply the resolution order (local path, embedded alias, hub id) and return what to load."""
+    """Apply the resolution order (local path, embedded alias, hub id) and return what to load.
+
+    A name that looks like a local path but does not exist raises :class:`ModelPathError` before anything loads.
+    """
+    if not isinstance(name_or_path, str) or not name_or_path.strip():
+        raise ModelPathError(f"model_name_or_path is empty; pass an embedded alias ({_aliases()}), a local "
+                             f"folder or a hub id (owner/name)")
     if Path(name_or_path).expanduser().exists():
         return str(Path(name_or_path).expanduser())
     if name_or_path in _BUILDERS:
         return str(prepare_embedded(name_or_path))
+    if looks_like_path(name_or_path):
+        raise ModelPathError(f"{name_or_path}: no such model folder. Fix: pass an existing folder (a train.py "
+                             f"--output_dir, or its merged/), an embedded alias ({_aliases()}) or a hub id "
+                             f"(owner/name)")
     return name_or_path  # a hub id: from_pretrained resolves it (offline: from the local hub cache)
 
 
@@ -214,7 +238,7 @@ def load_causal_lm(model_args, trust_remote_code: bool = False, hw: Hardware | N
         kwargs["attn_implementation"] = model_args.attn_implementation
     if model_args.load_in_4bit or model_args.load_in_8bit:
         if hw.device != "cuda":
-            raise ValueError("load_in_4bit / load_in_8bit (QLoRA) needs a CUDA GPU and bitsandbytes; "
+            raise ConfigError("load_in_4bit / load_in_8bit (QLoRA) needs a CUDA GPU and bitsandbytes; "
                              "on this machine use plain LoRA (load_in_4bit: false).")
         quant_args = type(model_args)(**{**vars(model_args), "dtype": str(dtype).removeprefix("torch.")})
         kwargs["quantization_config"] = get_quantization_config(quant_args)
@@ -222,24 +246,81 @@ def load_causal_lm(model_args, trust_remote_code: bool = False, hw: Hardware | N
     return AutoModelForCausalLM.from_pretrained(resolve_model(model_args.model_name_or_path), **kwargs)
 
 
+CORRUPT = "incomplete or corrupt: re-run train.py or pass another run folder"
+
+
+def check_safetensors(path: Path) -> None:
+    """Open a safetensors file's header (cheap: no tensor is read; safetensors checks that the header's offsets
+    cover the file); a truncated or corrupt file raises :class:`ModelPathError` naming it."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt"):
+            pass
+    except Exception as e:  # SafetensorError (bad or cut header / data), OSError
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ModelPathError(f"{path}: {CORRUPT} ({reason})") from None
+
+
+def check_model_dir(model_dir: str | Path) -> str:
+    """What a run folder holds (``"adapter"`` or ``"full"``), after checking it is complete; any problem raises
+    :class:`ModelPathError` naming the folder or file. Nothing is loaded."""
+    import json
+
+    model_dir = Path(model_dir)
+    if not model_dir.exists():
+        raise ModelPathError(f"{model_dir} does not exist: pass the folder that train.py --output_dir wrote.")
+    if not model_dir.is_dir():
+        raise ModelPathError(f"{model_dir} is a file: pass the folder that train.py --output_dir wrote.")
+    if not any(model_dir.iterdir()):
+        raise ModelPathError(f"{model_dir} is empty: pass the folder that train.py --output_dir wrote "
+                             f"(or re-run train.py; it was killed before saving?)")
+    if (model_dir / "adapter_config.json").exists():
+        try:
+            base = json.loads((model_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+        except (ValueError, KeyError, TypeError):
+            raise ModelPathError(f"{model_dir / 'adapter_config.json'}: {CORRUPT}") from None
+        weights = model_dir / "adapter_model.safetensors"
+        if not weights.exists():
+            raise ModelPathError(f"{weights} is missing: the adapter is {CORRUPT}")
+        check_safetensors(weights)
+        resolve_model(base)  # a base that is a missing path fails here, an embedded one is converted
+        return "adapter"
+    if (model_dir / "model.safetensors").exists():
+        check_safetensors(model_dir / "model.safetensors")
+        return "full"
+    index = model_dir / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise ModelPathError(f"{index}: {CORRUPT}") from None
+        for shard in shards:
+            if not (model_dir / shard).exists():
+                raise ModelPathError(f"{model_dir / shard} is missing: the model is {CORRUPT}")
+            check_safetensors(model_dir / shard)
+        return "full"
+    raise ModelPathError(f"{model_dir} holds no model (no adapter_config.json + adapter_model.safetensors, nor "
+                         f"model.safetensors): pass the folder that train.py --output_dir wrote, or its merged/")
+
+
 def load_trained_causal_lm(model_dir: str | Path, dtype: torch.dtype | None = None):
-    """Load what ``train.py`` saved: a merged full model or a LoRA adapter over its base; returns (model, tokenizer)."""
+    """Load what ``train.py`` saved: a merged full model or a LoRA adapter over its base; returns (model, tokenizer).
+
+    The folder is checked first (:func:`check_model_dir`): a missing, empty, incomplete or corrupt one raises
+    :class:`ModelPathError` naming the file, before anything loads.
+    """
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model_dir = Path(model_dir)
-    if not model_dir.exists():
-        raise FileNotFoundError(f"{model_dir} does not exist: pass the folder that train.py --output_dir wrote.")
+    kind = check_model_dir(model_dir)
+    if not (model_dir / "tokenizer_config.json").exists():
+        raise ModelPathError(f"{model_dir / 'tokenizer_config.json'} is missing: the run folder is {CORRUPT}")
     dtype = dtype or resolve_dtype("auto")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if (model_dir / "adapter_config.json").exists():
-        import json
-
-        base = json.loads((model_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
-        resolve_model(base)  # make sure an embedded base is converted before peft asks for it
+    if kind == "adapter":
         model = AutoPeftModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
-    elif (model_dir / "model.safetensors").exists() or (model_dir / "model.safetensors.index.json").exists():
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, use_safetensors=True)
     else:
-        raise FileNotFoundError(f"{model_dir} holds no model (no adapter_config.json or model.safetensors).")
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, use_safetensors=True)
     return model.eval(), tokenizer

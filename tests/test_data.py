@@ -81,3 +81,12 @@ def test_messages_split_into_prompt_and_completion():
     pc = messages_to_prompt_completion({"messages": [{"role": "system", "content": "S"}, *GOOD["messages"]]})
     assert [m["role"] for m in pc["prompt"]] == ["system", "user"]
     assert pc["completion"] == [{"role": "assistant", "content": "Hello."}]
+
+
+def test_non_utf8_file_names_the_byte_offset(tmp_path):
+    from common.errors import DataError
+
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(b'{"a": "caf\xe9"}\n')
+    with pytest.raises(DataError, match=r"x\.jsonl: not UTF-8 text \(byte 0xe9 at byte offset 10\)"):
+        read_rows(path)

@@ -24,6 +24,10 @@ from common.report import validate_report, write_report
     ("5-10", "within 5\u201310 days", True),  # en dash
     ("Sao Paulo", "São Paulo", True),  # accents stripped
     ("it's", "it\u2019s", True),  # curly apostrophe
+    ("|", "", False),  # an empty alternative never matches (it would accept any answer)
+    ("", "anything", False),
+    (" | ", "a b", False),
+    ("$9|", "", False),
 ])
 def test_term_present(term, text, expected):
     assert term_present(term, text) is expected
@@ -101,3 +105,7 @@ def test_completion_perplexity_scores_only_the_answer():
     single = [math.log(completion_perplexity(model, tok, [prompt], [a])) for a in ("Press N.", long)]
     both = completion_perplexity(model, tok, [prompt, prompt], ["Press N.", long])
     assert math.isclose(math.log(both), (single[0] * n[0] + single[1] * n[1]) / sum(n), rel_tol=1e-4)
+
+
+def test_empty_key_terms_list_is_never_correct():
+    assert not key_terms_score("any answer", [])

@@ -55,3 +55,11 @@ def test_loading_is_fp32_on_cpu_and_safetensors_only():
     model = models.load_causal_lm(ModelArguments(model_name_or_path=models.TINY_TEXT_ALIAS))
     assert next(model.parameters()).dtype == torch.float32
     assert models.resolve_dtype("bfloat16") == torch.bfloat16
+
+
+@pytest.mark.parametrize("name", ["./no-such-model", "/no/such/model", "a/b/c"])
+def test_missing_path_like_model_is_a_model_path_error(name):
+    from common.errors import ModelPathError
+
+    with pytest.raises(ModelPathError, match="no such model folder"):
+        models.resolve_model(name)

@@ -4,6 +4,10 @@
     python usecase-chatbot/chat.py --model_dir runs/chatbot --question "How much is the Team plan?"
     python usecase-chatbot/chat.py --model_dir runs/chatbot --examples 5          # held-out test questions
     python usecase-chatbot/chat.py --model_dir smollm2-135m-instruct --question "..."   # the base model
+    cat questions.txt | python usecase-chatbot/chat.py --model_dir runs/chatbot      # one answer per line
+
+A question too long for the model's context (``max_position_embeddings`` minus ``max_new_tokens``) is cut from
+the left (its end is kept), with a warning on stderr.
 
 ``--model_dir`` is the folder ``train.py --output_dir`` wrote (LoRA adapter over the base model), its
 ``merged/`` sub-folder, or any model name for comparison. With ``--question`` only the answer is printed.
@@ -14,14 +18,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import warnings
 from pathlib import Path
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices; not for chat users
 
+from common.errors import ConfigError, ModelPathError, run_main  # noqa: E402
 from common.evaluation import generate_chat, key_terms_score  # noqa: E402
-from common.models import load_tokenizer, load_trained_causal_lm, resolve_model  # noqa: E402
+from common.models import load_tokenizer, load_trained_causal_lm, looks_like_path, resolve_model  # noqa: E402
 
 DEFAULT_SYSTEM = "You are the Brightboard support assistant."
 
@@ -30,44 +36,103 @@ def load(model_dir: str):
     """Model, tokenizer and inference settings (system prompt, answer length) saved by train.py."""
     path = Path(model_dir)
     settings_file = next((p / "inference.json" for p in (path, path.parent) if (p / "inference.json").exists()), None)
-    settings = json.loads(settings_file.read_text()) if settings_file else {}
-    if path.exists():
-        model, tokenizer = load_trained_causal_lm(path)
+    try:
+        settings = json.loads(settings_file.read_text()) if settings_file else {}
+    except ValueError:
+        raise ModelPathError(f"{settings_file}: not valid JSON; re-run train.py or pass another run folder") from None
+    if path.exists() or looks_like_path(model_dir):
+        model, tokenizer = load_trained_causal_lm(path)  # missing / empty / corrupt: ModelPathError
     else:  # a model name: embedded alias or hub id
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(resolve_model(model_dir), use_safetensors=True).eval()
+        name = resolve_model(model_dir)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(name, use_safetensors=True).eval()
+        except OSError as e:
+            raise ModelPathError(f"{model_dir}: not a run folder, an embedded alias or a hub model found here "
+                                 f"({str(e).splitlines()[0]}); pass train.py's --output_dir") from None
         tokenizer = load_tokenizer(model_dir)
     return model, tokenizer, settings
 
 
+def fit_question(model, tokenizer, settings: dict, question: str, history: list[dict]) -> tuple[str, list[dict]]:
+    """Make the prompt fit the model's context (``max_position_embeddings`` minus ``max_new_tokens``).
+
+    Too long: the history is dropped first, then the question is cut *from the left* (its end, usually the
+    actual question, is kept), with a warning on stderr. A context too small for even the system prompt is a
+    :class:`ConfigError`.
+    """
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if not limit:
+        return question, history
+    budget = limit - settings.get("max_new_tokens", 64)
+
+    def length(q: str, h: list[dict]) -> int:
+        messages = [{"role": "system", "content": settings.get("system_prompt", DEFAULT_SYSTEM)}, *h,
+                    {"role": "user", "content": q}]
+        return len(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                 return_dict=False))
+
+    n = length(question, history)
+    if n <= budget:
+        return question, history
+    if history and length(question, []) <= budget:
+        print("warning: the conversation is longer than the model's context; earlier turns were dropped",
+              file=sys.stderr)
+        return question, []
+    ids = tokenizer(question, add_special_tokens=False)["input_ids"]
+    keep = budget - (length("", []))
+    if keep < 1:
+        raise ConfigError(f"the model's context ({limit} tokens) minus max_new_tokens "
+                          f"({settings.get('max_new_tokens', 64)}) leaves no room for a question")
+    cut = tokenizer.decode(ids[-keep:])
+    while keep > 1 and length(cut, []) > budget:  # re-tokenizing may merge differently: shrink until it fits
+        keep -= max(1, keep // 20)
+        cut = tokenizer.decode(ids[-keep:])
+    print(f"warning: the question is {n} tokens with the prompt, more than the model's context allows "
+          f"({limit} - max_new_tokens {settings.get('max_new_tokens', 64)} = {budget}); only its last {keep} "
+          f"tokens were kept", file=sys.stderr)
+    return cut, []
+
+
 def answer(model, tokenizer, settings: dict, question: str, history: list[dict] | None = None) -> str:
+    question, history = fit_question(model, tokenizer, settings, question, list(history or []))
     messages = [{"role": "system", "content": settings.get("system_prompt", DEFAULT_SYSTEM)},
-                *(history or []), {"role": "user", "content": question}]
+                *history, {"role": "user", "content": question}]
     return generate_chat(model, tokenizer, [messages], settings.get("max_new_tokens", 64), desc="thinking")[0]
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, stdin=None) -> None:
     parser = argparse.ArgumentParser(description="Chat with a fine-tuned support bot.")
     parser.add_argument("--model_dir", required=True, help="train.py's --output_dir (or a model name)")
     parser.add_argument("--question", help="answer one question, print only the answer, and exit")
     parser.add_argument("--examples", type=int, help="answer the first N held-out test questions of the run")
     args = parser.parse_args(argv)
+    stdin = stdin or sys.stdin
+    if args.question is not None and not args.question.strip():
+        raise ConfigError("--question is empty: pass the question text, or leave --question out to chat")
+    if args.examples is not None and args.examples < 1:
+        raise ConfigError(f"--examples must be >= 1, got {args.examples}")
+    test_file = Path(args.model_dir) / "data" / "test.jsonl"
+    if args.examples and not test_file.exists():
+        raise ConfigError(f"{test_file} not found: --examples needs a folder written by train.py")
     model, tokenizer, settings = load(args.model_dir)
 
     if args.question:
-        print(answer(model, tokenizer, settings, args.question))
+        print(answer(model, tokenizer, settings, args.question.strip()))
         return
     if args.examples:
-        test_file = Path(args.model_dir) / "data" / "test.jsonl"
-        if not test_file.exists():
-            raise SystemExit(f"{test_file} not found: --examples needs a folder written by train.py")
-        rows = [json.loads(line) for line in test_file.open()][: args.examples]
+        rows = [json.loads(line) for line in test_file.open(encoding="utf-8") if line.strip()][: args.examples]
         answers = generate_chat(model, tokenizer, [r["messages"][:-1] for r in rows],
                                 settings.get("max_new_tokens", 64))
         for row, reply in zip(rows, answers):
             ok = "correct" if key_terms_score(reply, row["key_terms"]) else "missed"
             print(f"Q: {row['messages'][1]['content']}\nA: {reply}\n   [{ok}; docs: {row['messages'][2]['content']}]\n")
+        return
+    if not stdin.isatty():  # a pipe or a file: one question per line, one answer per line, no prompt
+        for line in stdin:
+            if line.strip():
+                print(answer(model, tokenizer, settings, line.strip()), flush=True)
         return
 
     print("Brightboard support bot. Empty line or Ctrl-D to quit.")
@@ -85,4 +150,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -24,7 +24,8 @@ import random
 import re
 from pathlib import Path
 
-import yaml
+from common.data import read_text, read_yaml
+from common.errors import ConfigError, DataError, run_main
 
 HERE = Path(__file__).resolve().parent
 STATEMENT = re.compile(r"^- \{#([\w-]+)\} (.+)$", re.MULTILINE)
@@ -32,35 +33,100 @@ STATEMENT = re.compile(r"^- \{#([\w-]+)\} (.+)$", re.MULTILINE)
 
 def read_statements(docs_file: Path) -> dict[str, str]:
     """``{id: statement}`` from the help-center markdown; duplicated ids are an error."""
-    found = STATEMENT.findall(docs_file.read_text(encoding="utf-8"))
+    found = STATEMENT.findall(read_text(docs_file))
     statements: dict[str, str] = {}
     for fact_id, text in found:
         if fact_id in statements:
-            raise ValueError(f"{docs_file}: statement id '{fact_id}' appears twice")
+            raise DataError(f"{docs_file}: statement id '{fact_id}' appears twice")
         statements[fact_id] = text.strip()
     if not statements:
-        raise ValueError(f"{docs_file}: no '- {{#id}} statement' lines found")
+        raise DataError(f"{docs_file}: no '- {{#id}} statement' lines found (write each fact as "
+                        f"'- {{#some-id}} The statement.')")
     return statements
 
 
+def _phrasings(value, where: str, split: str) -> list[str]:
+    """A split's phrasings as a list of non-empty strings (``valid`` may be one string)."""
+    items = [value] if isinstance(value, str) and split == "valid" else value
+    if not isinstance(items, list) or not items:
+        raise DataError(f"{where}: '{split}' must be a non-empty list of question strings")
+    for j, item in enumerate(items):
+        if not isinstance(item, str) or not item.strip():
+            raise DataError(f"{where}: {split}[{j}] is {item!r}; every phrasing must be a non-empty question "
+                            f"string (quote numbers)")
+    return items
+
+
+def _check_keys(keys, where: str) -> None:
+    from common.evaluation import term_alternatives
+
+    if not isinstance(keys, list) or not keys:
+        raise DataError(f"{where}: 'keys' must be a non-empty list of key terms, e.g. keys: [\"$9|9 dollars\"]")
+    for key in keys:
+        alternatives = key.split("|") if isinstance(key, str) else []
+        if not alternatives or len(term_alternatives(key)) != len(alternatives):
+            raise DataError(f"{where}: key {key!r} is empty or has an empty '|' alternative (it would match "
+                            f"any answer); write the term, or 'a|b' for two accepted spellings")
+
+
+def _norm_phrase(text: str) -> str:
+    return " ".join(text.lower().split()).rstrip("?.! ")
+
+
 def read_questions(questions_file: Path, statements: dict[str, str]) -> dict[str, dict]:
-    """Questions per statement id, checked against the docs (unknown ids, missing splits, key terms)."""
+    """Questions per statement id, checked against the docs (shape, unknown ids, missing splits, key terms,
+    phrasings repeated across splits); any problem raises a :class:`DataError` naming the file and entry."""
     from common.evaluation import key_terms_score
 
-    questions = yaml.safe_load(questions_file.read_text(encoding="utf-8"))
+    questions = read_yaml(questions_file)
+    if questions is None:
+        raise DataError(f"{questions_file}: the file is empty; expected a mapping of statement id -> "
+                        f"{{keys, train, valid, test}}")
+    if not isinstance(questions, dict):
+        raise DataError(f"{questions_file}: expected a mapping of statement id -> {{keys, train, valid, test}}, "
+                        f"got a {type(questions).__name__} (write 'fact-id:' entries, not '- ' list items)")
     for fact_id, q in questions.items():
         where = f"{questions_file}, entry '{fact_id}'"
         if fact_id not in statements:
-            raise ValueError(f"{where}: no statement with this id in the docs")
+            raise DataError(f"{where}: no statement with this id in the docs")
+        if not isinstance(q, dict):
+            raise DataError(f"{where}: expected a mapping with keys, train, valid and test, got {q!r}")
         for key in ("keys", "train", "valid", "test"):
-            if not q.get(key):
-                raise ValueError(f"{where}: missing or empty '{key}'")
+            if key not in q or q[key] in (None, "", []):
+                raise DataError(f"{where}: missing or empty '{key}' (every entry needs keys, train, valid, test)")
+        _check_keys(q["keys"], where)
+        seen: dict[str, str] = {}
+        for split in ("train", "valid", "test"):
+            for phrase in _phrasings(q[split], where, split):
+                other = seen.setdefault(_norm_phrase(phrase), split)
+                if other != split:
+                    raise DataError(f"{where}: the phrasing {phrase!r} is in both '{other}' and '{split}'; "
+                                    f"held-out phrasings must never be trained on (it would leak test data)")
         if not key_terms_score(statements[fact_id], q["keys"]):
-            raise ValueError(f"{where}: key terms {q['keys']} do not all occur in the statement itself")
+            raise DataError(f"{where}: key terms {q['keys']} do not all occur in the statement itself")
     missing = set(statements) - set(questions)
     if missing:
-        raise ValueError(f"{questions_file}: no questions for statements {sorted(missing)}")
+        raise DataError(f"{questions_file}: no questions for statements {sorted(missing)}")
     return questions
+
+
+def read_question_list(path: Path, with_keys: bool, limit: int | None = None) -> list:
+    """A general-question file: a YAML list of question strings (replay) or of ``{question, keys}`` (scored)."""
+    items = read_yaml(path)
+    shape = "{question: ..., keys: [...]}" if with_keys else "a question string"
+    if not isinstance(items, list) or not items:
+        got = "an empty file" if items is None else f"a {type(items).__name__}"
+        raise DataError(f"{path}: expected a non-empty YAML list, each item {shape}; got {got}")
+    for i, item in enumerate(items, start=1):
+        where = f"{path}, item {i}"
+        if not with_keys:
+            if not isinstance(item, str) or not item.strip():
+                raise DataError(f"{where}: {item!r} is not a question string (write '- What is ...?')")
+            continue
+        if not isinstance(item, dict) or not isinstance(item.get("question"), str) or not item["question"].strip():
+            raise DataError(f"{where}: expected {shape} with a non-empty question, got {item!r}")
+        _check_keys(item.get("keys"), where)
+    return items[:limit]
 
 
 def conversation(system_prompt: str, question: str, answer: str) -> list[dict]:
@@ -84,8 +150,9 @@ def build_splits(docs_file: Path, questions_file: Path, system_prompt: str, seed
         q = questions[fact_id]
         for question in q["train"]:
             splits["train"].append({"fact_id": fact_id, "messages": conversation(system_prompt, question, answer)})
-        splits["valid"].append({"fact_id": fact_id, "key_terms": q["keys"],
-                                "messages": conversation(system_prompt, q["valid"], answer)})
+        for question in [q["valid"]] if isinstance(q["valid"], str) else q["valid"]:
+            splits["valid"].append({"fact_id": fact_id, "key_terms": q["keys"],
+                                    "messages": conversation(system_prompt, question, answer)})
         for question in q["test"]:
             splits["test"].append({"fact_id": fact_id, "key_terms": q["keys"],
                                    "messages": conversation(system_prompt, question, answer)})
@@ -138,7 +205,10 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     parser.add_argument("--config", type=Path, default=HERE / "config.yaml", help="for the system prompt")
     parser.add_argument("--out_dir", type=Path, default=HERE / "data" / "processed")
     args = parser.parse_args(argv)
-    system_prompt = yaml.safe_load(args.config.read_text())["system_prompt"]
+    config = read_yaml(args.config)
+    if not isinstance(config, dict) or not isinstance(config.get("system_prompt"), str):
+        raise ConfigError(f"{args.config}: no 'system_prompt' string (needed for the conversations)")
+    system_prompt = config["system_prompt"]
     paths = write_splits(build_splits(args.docs, args.questions, system_prompt), args.out_dir)
     for name, path in paths.items():
         print(f"{name:5s} {sum(1 for _ in path.open()):4d} conversations -> {path}")
@@ -146,4 +216,4 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)
