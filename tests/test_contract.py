@@ -7,7 +7,8 @@ repository root):
 
 1. ``train.py --config config.smoke.yaml --output_dir RUN`` -> ``RUN/report.json`` obeys the report contract,
    ``RUN/REPORT.md`` and the plots exist;
-2. ``predict.py|chat.py --model_dir RUN --examples 2`` -> exits 0 and prints something.
+2. ``predict.py|chat.py --model_dir RUN --examples 2`` -> exits 0 and prints something;
+3. the same ``train.py`` command again -> refused with exit code 2 (a finished run is never trained over).
 """
 
 import json
@@ -67,3 +68,11 @@ def test_usecase_end_to_end(folder, tmp_path):
 
     out = _run([predictor, "--model_dir", run, "--examples", "2"])
     assert out.stdout.strip(), f"{predictor.name} printed nothing"
+
+    # A finished run is never trained over: the same command again stops at once, exit code 2, no traceback.
+    written = (run / "report.json").read_bytes()
+    again = subprocess.run([sys.executable, folder / "train.py", "--config", folder / "config.smoke.yaml",
+                            "--output_dir", run], cwd=REPO, capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert again.returncode == 2 and "already holds a finished run" in again.stderr, again.stderr[-2000:]
+    assert "Traceback" not in again.stderr and (run / "report.json").read_bytes() == written

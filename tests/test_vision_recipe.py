@@ -17,10 +17,19 @@ def _script(name: str):
     return load_sibling(USECASE / f"{name}.py", name)
 
 
+def _generate(out: Path, *sizes: str) -> Path:
+    """A synthetic set outside the recipe's data folder must be generated explicitly (train.py only generates its
+    own ``data/generated*`` folders or a folder the generator stamped); default sizes: config.smoke.yaml's."""
+    sizes = sizes or ("--generation_image_size", "32", "--num_train_per_class", "4", "--num_val_per_class", "2",
+                      "--num_test_per_class", "2")
+    return _script("prepare_data").main(["--out", str(out), *sizes])
+
+
 def test_smoke_recipe_trains_reports_and_predicts(tmp_path, monkeypatch):
     train, predict = _script("train"), _script("predict")
     monkeypatch.chdir(tmp_path)  # scripts must not depend on the working directory
     out = tmp_path / "run"
+    _generate(tmp_path / "smoke-data")
     metrics = train.main(["--config", str(USECASE / "config.smoke.yaml"), "--output_dir", str(out),
                           "--data_dir", str(tmp_path / "smoke-data")])
     assert {"before", "after"} <= set(metrics) and 0 <= metrics["after"]["macro_f1"] <= 1
@@ -75,11 +84,13 @@ def test_run_paths_are_relative_and_resolve_back(tmp_path, monkeypatch):
 def test_smoke_recipe_resumes_a_killed_run(tmp_path):
     """A second invocation with the same output_dir continues from the newest checkpoint (TrainerState)."""
     train = _script("train")
+    _generate(tmp_path / "smoke-data")
     common = ["--config", str(USECASE / "config.smoke.yaml"), "--output_dir", str(tmp_path / "run"),
               "--data_dir", str(tmp_path / "smoke-data"), "--save_strategy", "steps", "--save_steps", "1",
               "--per_device_train_batch_size", "5"]
     train.main([*common, "--max_steps", "1"])
     assert (tmp_path / "run" / "checkpoint-1" / "trainer_state.json").exists()
+    (tmp_path / "run" / "report.json").unlink()  # killed after the checkpoint: no report (a finished run is refused)
     train.main([*common, "--max_steps", "3"])  # steps 2 and 3 only: 10 of the 20 training images
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["train"]["images_seen"] == pytest.approx(10)
@@ -96,6 +107,8 @@ def test_real_backbone_fine_tune_beats_the_linear_probe(tmp_path):
     peak inside the defect box for 73-74% of correct defective test images (~8 min for the whole test).
     """
     train = _script("train")
+    _generate(tmp_path / "data", "--num_train_per_class", "200", "--num_val_per_class", "30",
+              "--num_test_per_class", "40")  # config.yaml's sizes
     metrics = train.main(["--config", str(USECASE / "config.yaml"), "--output_dir", str(tmp_path / "run"),
                           "--data_dir", str(tmp_path / "data"), "--report_to", "none"])
     assert metrics["after"]["macro_f1"] >= metrics["before"]["macro_f1"] + 0.05

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from common.errors import DataError, run_main
 from common.paths import repo_path
 
 HERE = Path(__file__).resolve().parent
@@ -295,7 +296,8 @@ def prepare(data_dir: str | Path, gen: GenerationArguments) -> Path:
     if data_dir.exists() and any(data_dir.iterdir()):
         return data_dir
     if not gen.generate:
-        raise FileNotFoundError(f"{data_dir} is empty or missing and generate is false.")
+        raise DataError(f"{data_dir} is empty or missing and generate is false; generate it with "
+                        f"python usecase-vision-defects/prepare_data.py --out {data_dir}")
     return generate(data_dir, gen)
 
 
@@ -318,4 +320,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

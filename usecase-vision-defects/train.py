@@ -19,6 +19,7 @@ from transformers import TrainerState, TrainingArguments
 
 from common import vision
 from common.config import parse_config, to_dict
+from common.errors import ConfigError, DataError, run_main
 from common.hardware import detect, peak_memory_mb, training_precision
 from common.paths import load_sibling, portable_path, repo_path
 from common.report import write_report
@@ -34,22 +35,60 @@ def _portable_model(name_or_path: str) -> str:
     return portable_path(repo_path(name_or_path)) if repo_path(name_or_path).is_dir() else name_or_path
 
 
+#: Tables train.py reads as ``data_dir`` (one image per row: path,label[,split]).
+TABLE_SUFFIXES = (".csv", ".jsonl", ".json")
+
+
+def is_generated_folder(path: Path) -> bool:
+    """The recipe's own synthetic set: ``usecase-vision-defects/data/generated*`` or a folder the generator
+    stamped (``generation.json``). Only these are generated when missing; any other missing path is an error."""
+    own = path.resolve().parent == (HERE / "data").resolve() and path.name.startswith("generated")
+    return own or (path / "generation.json").is_file()
+
+
+def resolve_data_dir(data_dir: str | None, gen_args) -> str:
+    """``data_dir`` ready to load: generated when it is the recipe's own generated folder, else used as is.
+
+    Raises:
+        ConfigError: no data_dir.
+        DataError: a missing / empty folder or table that is not the generated set (naming it, and how to
+            generate data), or a file that is not a CSV/JSONL table.
+    """
+    if not data_dir:
+        raise ConfigError("Set data_dir (an image folder, CSV or JSONL) or dataset_name (a hub dataset).")
+    path = repo_path(data_dir)
+    if path.is_file() and path.suffix.lower() not in TABLE_SUFFIXES:
+        raise DataError(f"data_dir {data_dir} is a file but not a CSV/JSONL table ({', '.join(TABLE_SUFFIXES)}); "
+                        "pass an image folder (root/<class>/*.png) or a table with columns path,label[,split].")
+    if path.suffix.lower() in TABLE_SUFFIXES and not path.exists():
+        raise DataError(f"data_dir {data_dir}: table not found ({path}).")
+    empty = path.is_dir() and not any(path.iterdir())
+    if (not path.exists() or empty) and not is_generated_folder(path):
+        raise DataError(f"data_dir {data_dir} {'is empty' if empty else 'does not exist'} ({path}); pass your image "
+                        "folder (root/<class>/*.png) or a CSV/JSONL table, or generate the synthetic set there first: "
+                        f"python usecase-vision-defects/prepare_data.py --out {data_dir}")
+    return str(prepare_data.prepare(data_dir, gen_args))
+
+
 def main(argv: list[str] | None = None) -> dict:
     # 1. Configuration: dataclass defaults < config.yaml < command-line flags (unknown keys are errors).
     data_args, model_args, gen_args, args = parse_config(
         (vision.VisionDataArguments, vision.VisionModelArguments, prepare_data.GenerationArguments,
          TrainingArguments),
         argv, default_config=HERE / "config.yaml")
+    vision.check_args(data_args, model_args, args)  # ranges and choices, before any data or model work
     out = Path(args.output_dir)
 
-    # 2. Data: generate (or take yours), then open every image and check every label BEFORE training.
+    # 2. Data: generate (only the recipe's own synthetic set), or take yours; then open every image and check
+    #    every label BEFORE training.
     if not data_args.dataset_name:
-        data_args.data_dir = str(prepare_data.prepare(data_args.data_dir, gen_args))
+        data_args.data_dir = resolve_data_dir(data_args.data_dir, gen_args)
     splits = vision.load_splits(data_args, seed=args.seed)
     classes = vision.validate_splits(splits, data_args.labels, data_args.max_problems_shown)
     print(f"classes {classes}; images " + ", ".join(f"{k}={len(v)}" for k, v in splits.items()))
 
     backbone, norm = vision.load_backbone(model_args.model_name_or_path, len(classes))
+    vision.check_cam_layer(backbone, model_args.gradcam_layer)  # a typo fails now, not after training
     size = data_args.image_size
     eval_tf = vision.build_transforms(size, norm["mean"], norm["std"], train=False)
     train_tf = vision.build_transforms(size, norm["mean"], norm["std"], train=True, augment=data_args.augment)
@@ -143,4 +182,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

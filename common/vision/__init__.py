@@ -31,13 +31,23 @@ safetensors), ``tiny-random-efficientnet`` (random, for tests), a local folder i
 """
 
 from common.vision.args import (
+    CAM_METHODS,
     EMBEDDED_VISION_ALIAS,
     METHODS,
     TINY_VISION_ALIAS,
     VisionDataArguments,
     VisionModelArguments,
+    check_args,
 )
-from common.vision.cam import GradCAM, default_cam_layer, gaussian_blur, overlay, peak, peak_in_box
+from common.vision.cam import (
+    GradCAM,
+    check_cam_layer,
+    default_cam_layer,
+    gaussian_blur,
+    overlay,
+    peak,
+    peak_in_box,
+)
 from common.vision.data import (
     FeatureDataset,
     ImageDataset,
@@ -80,7 +90,8 @@ __all__ = [
     "EMBEDDED_VISION_ALIAS", "IMAGE_EXTENSIONS", "LITE0_MEAN", "LITE0_STD", "METHODS", "TINY_VISION_ALIAS",
     "FeatureDataset", "GradCAM", "ImageClassifier", "ImageDataError", "ImageDataset", "LinearHead", "Sample",
     "VisionDataArguments", "VisionModelArguments",
-    "build_trainer", "build_transforms", "carve", "check_image", "classification_metrics", "compute_metrics",
+    "CAM_METHODS", "build_trainer", "build_transforms", "carve", "check_args", "check_cam_layer", "check_image",
+    "classification_metrics", "compute_metrics",
     "default_cam_layer", "evaluate_classifier", "extract_features", "fit_linear_probe", "gaussian_blur", "head_name",
     "inference_device", "load_backbone", "load_classifier", "load_rgb", "load_splits", "localization_score",
     "lora_targets", "model_dtype", "overlay", "peak", "peak_in_box", "plot_confusion", "predict",

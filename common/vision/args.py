@@ -6,7 +6,12 @@ Every field is a key of the recipe's ``config.yaml`` and a command-line flag (:f
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
+from common.errors import ConfigError
+
+#: Heatmap methods (:class:`common.vision.cam.GradCAM`).
+CAM_METHODS = ("gradcam", "layercam")
 #: Fine-tuning methods: a new head on frozen features, LoRA adapters (+ head), or every weight.
 METHODS = ("linear_probe", "lora", "full")
 #: Random tiny EfficientNet (timm ``test_efficientnet``), for tests.
@@ -58,3 +63,37 @@ class VisionModelArguments:
     cam_method: str = field(default="gradcam", metadata={
         "help": "gradcam (per-channel weights; for the last stage) or layercam (per-position; early layers)."})
     cam_smooth: float = field(default=0.0, metadata={"help": "Gaussian blur of the heatmap, in pixels (0 = none)."})
+
+
+def check_args(data: VisionDataArguments, model: VisionModelArguments, training: Any = None) -> None:
+    """Check the values right after parsing, before any data or model work.
+
+    Raises:
+        ConfigError: naming the key, its value and the allowed range.
+    """
+
+    def bad(key: str, value: Any, allowed: str) -> ConfigError:
+        return ConfigError(f"{key}={value!r} is out of range: {key} must be {allowed}.")
+
+    if not isinstance(data.image_size, int) or data.image_size < 16:
+        raise bad("image_size", data.image_size, "an integer >= 16 (pixels)")
+    for key in ("val_fraction", "test_fraction"):
+        value = getattr(data, key)
+        if not 0 <= value < 1:
+            raise bad(key, value, "in [0, 1) (a fraction of all images)")
+    if data.val_fraction + data.test_fraction >= 1:
+        raise ConfigError(f"val_fraction + test_fraction = {data.val_fraction + data.test_fraction:g} must be "
+                          "< 1 (something must be left to train on).")
+    if model.method not in METHODS:
+        raise bad("method", model.method, f"one of {list(METHODS)}")
+    if model.method == "lora" and model.lora_r < 1:
+        raise bad("lora_r", model.lora_r, ">= 1 when method is lora")
+    if model.probe_epochs < 1:
+        raise bad("probe_epochs", model.probe_epochs, ">= 1")
+    if model.cam_method not in CAM_METHODS:
+        raise bad("cam_method", model.cam_method, f"one of {list(CAM_METHODS)}")
+    if training is not None:
+        if not training.learning_rate > 0:
+            raise bad("learning_rate", training.learning_rate, "> 0")
+        if not training.num_train_epochs > 0:
+            raise bad("num_train_epochs", training.num_train_epochs, "> 0")

@@ -19,6 +19,23 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from common.errors import ConfigError
+
+
+def check_cam_layer(model: nn.Module, layer: str | None) -> None:
+    """``gradcam_layer`` must name a module of ``model`` (``None``: the default layer) -- checked before training.
+
+    Raises:
+        ConfigError: naming the layer and some that exist.
+    """
+    if layer is None:
+        return
+    names = [name for name, _ in model.named_modules() if name]
+    if layer not in names:
+        stages = [n for n in names if n.count(".") <= 1][:12]
+        raise ConfigError(f"gradcam_layer={layer!r} is not a layer of this backbone; allowed: a module name such "
+                          f"as {stages} (or leave it unset for the last stage).")
+
 
 def default_cam_layer(model: nn.Module) -> str:
     """Name of the last convolutional stage: timm's ``feature_info[-1]`` where present, else the last Conv2d."""
@@ -59,7 +76,7 @@ class GradCAM:
     def __init__(self, model: nn.Module, layer: str | None = None, method: str = "gradcam",
                  smooth: float = 0.0) -> None:
         if method not in self.METHODS:
-            raise ValueError(f"CAM method {method!r} is not one of {self.METHODS}.")
+            raise ConfigError(f"cam_method={method!r} is not one of {self.METHODS}.")
         self.model = model
         self.layer_name = layer or default_cam_layer(model)
         self.layer = model.get_submodule(self.layer_name)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.errors import ConfigError, DataError
 from common.vision.args import VisionDataArguments
 from common.vision.images import IMAGE_EXTENSIONS, ImageDataError, Sample, check_image, load_rgb
 
@@ -34,43 +36,105 @@ def _read_boxes(root: Path) -> dict[str, list[int] | None]:
 
 def samples_from_folder(root: str | Path) -> dict[str, list[Sample]]:
     """``root/<class>/*`` (one pool) or ``root/{train,val,test}/<class>/*`` (given splits); every file is kept,
-    so that a non-image with an image extension is reported by validation rather than silently skipped."""
+    so that a non-image with an image extension is reported by validation rather than silently skipped.
+
+    Raises:
+        DataError: the folder does not exist, holds no images, or a class folder holds no image (a class is
+            never dropped silently).
+    """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"image folder {root} does not exist")
+        raise DataError(f"image folder {root} does not exist (expected root/<class>/*.png or "
+                        "root/{train,val,test}/<class>/*.png)")
     boxes = _read_boxes(root)
     split_dirs = [d for d in ("train", "val", "validation", "test") if (root / d).is_dir()]
     out: dict[str, list[Sample]] = {}
+    empty: list[tuple[str, str]] = []
     for split_dir in split_dirs or [None]:
         base = root / split_dir if split_dir else root
         split = {"validation": "val", None: "train"}.get(split_dir, split_dir)
-        for class_dir in sorted(d for d in base.iterdir() if d.is_dir()):
-            for f in sorted(class_dir.iterdir()):
-                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
-                    rel = f.relative_to(root).as_posix()
-                    out.setdefault(split, []).append(Sample(str(f), class_dir.name, split, boxes.get(rel)))
+        for class_dir in sorted(d for d in base.iterdir() if d.is_dir() and not d.name.startswith(".")):
+            found = [f for f in sorted(class_dir.iterdir()) if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS]
+            if not found:
+                empty.append((str(class_dir), f"empty class folder: no image ({', '.join(IMAGE_EXTENSIONS)}) in "
+                              f"class '{class_dir.name}'; add images or remove the folder"))
+            for f in found:
+                rel = f.relative_to(root).as_posix()
+                out.setdefault(split, []).append(Sample(str(f), class_dir.name, split, boxes.get(rel)))
+    if empty:
+        raise ImageDataError(empty, sum(len(v) for v in out.values()))
     if not out:
         raise ImageDataError([(str(root), "no images: expected root/<class>/*.png|jpg")], 0)
     return out
 
 
-def samples_from_table(path: str | Path, path_column: str = "path", label_column: str = "label",
-                       split_column: str = "split") -> dict[str, list[Sample]]:
-    """A CSV or JSONL with one image per row: ``path`` (relative to the table's folder), ``label``, [``split``]."""
-    path = Path(path)
+#: Split names a table may use (``validation`` is read as ``val``).
+TABLE_SPLITS = {"train": "train", "val": "val", "validation": "val", "test": "test"}
+
+
+def _read_rows(path: Path) -> list[tuple[int, dict]]:
+    """``(line number, row)`` of a CSV (header on line 1) or JSONL file."""
+    if not path.is_file():
+        raise DataError(f"table {path} does not exist (a CSV/JSONL with columns path,label[,split])")
     if path.suffix == ".csv":
         with path.open(newline="") as f:
-            rows = list(csv.DictReader(f))
-    else:
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            reader = csv.DictReader(f)
+            return [(reader.line_num, row) for row in reader]
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}, row {i}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}, row {i}: expected a JSON object with path, label[, split]")
+        rows.append((i, row))
+    return rows
+
+
+def samples_from_table(path: str | Path, path_column: str = "path", label_column: str = "label",
+                       split_column: str = "split") -> dict[str, list[Sample]]:
+    """A CSV or JSONL with one image per row: ``path`` (relative to the table's folder), ``label``, [``split``].
+
+    Raises:
+        DataError: a missing column, an empty path/label cell, an unknown split name, or the same image listed
+            twice (naming the file and both rows).
+    """
+    path = Path(path)
+    rows = _read_rows(path)
+    if not rows:
+        raise DataError(f"table {path} has no rows (expected columns {path_column},{label_column}[,{split_column}])")
     out: dict[str, list[Sample]] = {}
-    for i, row in enumerate(rows, start=1 if path.suffix != ".csv" else 2):
-        if path_column not in row or label_column not in row:
-            raise ImageDataError([(f"{path}:{i}", f"missing column: needs '{path_column}' and '{label_column}'")], 0)
-        split = row.get(split_column) or "train"
+    seen: dict[str, tuple[int, str, str]] = {}
+    for i, row in rows:
+        where = f"{path}, row {i}"
+        missing = [c for c in (path_column, label_column) if c not in row]
+        if missing:
+            raise ImageDataError([(where, f"missing column: needs '{path_column}' and '{label_column}', "
+                                          f"has {sorted(row)}")], len(rows))
+        for c in (path_column, label_column):
+            if row[c] is None or not str(row[c]).strip():
+                raise DataError(f"{where}: empty '{c}' cell")
+        raw_split = str(row.get(split_column) or "train").strip()
+        if raw_split not in TABLE_SPLITS:
+            raise DataError(f"{where}: unknown split '{raw_split}' (allowed: {sorted(TABLE_SPLITS)})")
+        split = TABLE_SPLITS[raw_split]
+        label = str(row[label_column]).strip()
+        image = os.path.normpath(path.parent / str(row[path_column]).strip())
+        if image in seen:
+            j, other_split, other_label = seen[image]
+            raise DataError(f"{path}: image {row[path_column]!r} is listed twice, row {j} (split '{other_split}', "
+                            f"label '{other_label}') and row {i} (split '{split}', label '{label}'); "
+                            "keep one row per image (a duplicate leaks between splits or has two labels)")
+        seen[image] = (i, split, label)
         box = row.get("box")
-        box = json.loads(box) if isinstance(box, str) and box else box
-        out.setdefault(split, []).append(Sample(str(path.parent / row[path_column]), str(row[label_column]), split, box))
+        try:
+            box = json.loads(box) if isinstance(box, str) and box else box or None
+        except json.JSONDecodeError:
+            raise DataError(f"{where}: 'box' is not a JSON list [x0, y0, x1, y1]: {box!r}") from None
+        out.setdefault(split, []).append(Sample(image, label, split, box))
     return out
 
 
@@ -139,15 +203,22 @@ def load_splits(args: VisionDataArguments, seed: int = 0) -> dict[str, list[Samp
     elif args.data_dir:
         splits = samples_from_folder(args.data_dir)
     else:
-        raise ValueError("Set data_dir (an image folder, CSV or JSONL) or dataset_name (a hub dataset).")
+        raise ConfigError("Set data_dir (an image folder, CSV or JSONL) or dataset_name (a hub dataset).")
     if "train" not in splits:
         raise ImageDataError([(str(args.data_dir or args.dataset_name), "no training split")], 0)
     val_fraction = args.val_fraction  # fractions are of the whole pool
+    pool = Counter(s.label for s in splits["train"])
+    carved = [s for s in ("test", "val") if s not in splits]
     if "test" not in splits:
         splits["train"], splits["test"] = carve(splits["train"], args.test_fraction, seed, "test")
         val_fraction = args.val_fraction / (1 - args.test_fraction)
     if "val" not in splits:
         splits["train"], splits["val"] = carve(splits["train"], val_fraction, seed + 1, "val")
+    problems = [(f"class '{c}'", f"too few images to carve: {n} image(s) in train and none left for the "
+                 f"carved '{split}' split; add images (>= {len(carved) + 1} per class) or give a {split} split")
+                for split in carved for c, n in sorted(pool.items()) if not any(s.label == c for s in splits[split])]
+    if problems and len(pool) >= 2:
+        raise ImageDataError(problems, sum(pool.values()))
     return splits
 
 
@@ -161,6 +232,10 @@ def validate_splits(splits: dict[str, list[Sample]], labels: Sequence[str] | Non
     """
     train_labels = sorted({s.label for s in splits.get("train", [])})
     classes = list(labels) if labels else train_labels
+    if len(train_labels) < 2:
+        raise ImageDataError([("split 'train'", f"needs at least 2 classes: found {len(train_labels)} "
+                               f"({train_labels}); a classifier needs two or more class folders / labels")],
+                             sum(len(v) for v in splits.values()))
     known = set(classes)
     problems: list[tuple[str, str]] = []
     total = 0

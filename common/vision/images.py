@@ -2,7 +2,11 @@
 
 :func:`load_rgb` decodes a path, a PIL image or a hub-style ``{"bytes", "path"}`` dict; :func:`to_rgb` applies the
 EXIF rotation and converts grey, 16-bit, palette, CMYK and transparent images; :func:`check_image` says what is
-wrong with a file (missing, empty, truncated, not an image, too small) without raising.
+wrong with a file (missing, empty, truncated, not an image, too small, too large) without raising.
+
+Decompression bombs: a 13,000 x 13,000 PNG of 190 KB decodes to ~0.5 GB of pixels (15 GB through the pipeline).
+Both functions read the size from the header first (``Image.open`` is lazy) and refuse anything above
+:data:`MAX_IMAGE_PIXELS` before decoding it.
 """
 
 from __future__ import annotations
@@ -16,10 +20,17 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from common.errors import DataError
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
+#: Largest image (width x height, pixels) that is decoded: ~40 MP, e.g. 7300 x 5500. Bigger ones are refused
+#: from their header, before decoding. Override by assigning ``common.vision.images.MAX_IMAGE_PIXELS``
+#: (``None``: no limit beyond PIL's own).
+MAX_IMAGE_PIXELS: int | None = 40_000_000
 
-class ImageDataError(ValueError):
+
+class ImageDataError(DataError):
     """Bad training data, found before training: ``problems`` lists ``(image, what is wrong)``."""
 
     def __init__(self, problems: list[tuple[str, str]], total: int, max_shown: int = 10) -> None:
@@ -85,9 +96,43 @@ def _open(source: Any) -> Image.Image:
     return Image.open(source)
 
 
+def _describe(source: Any) -> str:
+    if isinstance(source, (str, Path)):
+        return str(source)
+    if isinstance(source, dict) and source.get("path"):
+        return str(source["path"])
+    return "<in-memory image>"
+
+
+def _too_large(img: Image.Image) -> str | None:
+    """What is wrong when the header's size exceeds :data:`MAX_IMAGE_PIXELS` (nothing decoded yet), else None."""
+    limit = MAX_IMAGE_PIXELS
+    w, h = img.size
+    if limit is not None and w * h > limit:
+        return (f"too large: {w}x{h} px = {w * h / 1e6:.1f} MP, above the {limit / 1e6:g} MP limit "
+                "(common.vision.images.MAX_IMAGE_PIXELS; a decompression bomb or an unscaled scan: resize it)")
+    return None
+
+
+def _open_bounded(source: Any) -> Image.Image:
+    """Open lazily (header only) and refuse an image above the pixel limit before it is decoded."""
+    try:
+        img = _open(source)
+    except Image.DecompressionBombError as e:  # PIL's own, much higher limit
+        raise ImageDataError([(_describe(source), f"too large: {e}")], 1) from None
+    issue = _too_large(img)
+    if issue:
+        raise ImageDataError([(_describe(source), issue)], 1)
+    return img
+
+
 def load_rgb(source: Any) -> Image.Image:
-    """Read a path / PIL image / ``{"bytes", "path"}`` and return it as fully decoded 8-bit RGB."""
-    img = _open(source)
+    """Read a path / PIL image / ``{"bytes", "path"}`` and return it as fully decoded 8-bit RGB.
+
+    Raises:
+        ImageDataError: the header says it is larger than :data:`MAX_IMAGE_PIXELS` (checked before decoding).
+    """
+    img = _open_bounded(source)
     img.load()
     return to_rgb(img)
 
@@ -112,8 +157,13 @@ def check_image(source: Any) -> str | None:
     ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file must fail here, not become grey pixels
     try:
         img = _open(source)
+        too_large = _too_large(img)
+        if too_large:  # from the header: never decoded
+            return too_large
         img.load()
         rgb = to_rgb(img)
+    except Image.DecompressionBombError as e:
+        return f"too large: {e}"
     except UnidentifiedImageError:
         if isinstance(source, (str, Path)) and _looks_like_text(Path(source)):
             return "not an image: this is a text file with an image extension"

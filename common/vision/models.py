@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from common.errors import ModelPathError
 from common.hardware import detect
 from common.models import atomic_save, cache_dir, embedded_file
 from common.paths import repo_path
@@ -217,9 +218,14 @@ def load_classifier(model_dir: str | Path) -> tuple[nn.Module, dict]:
     model_dir = Path(model_dir)
     cfg_file = model_dir / "config.json"
     if not cfg_file.exists() or not (model_dir / "model.safetensors").exists():
-        raise FileNotFoundError(f"{model_dir} holds no saved classifier (config.json + model.safetensors); "
-                                "pass the folder that train.py --output_dir wrote.")
-    cfg = json.loads(cfg_file.read_text())
-    model = timm.create_model(cfg["architecture"], pretrained=False, num_classes=cfg["num_classes"])
-    model.load_state_dict(load_file(model_dir / "model.safetensors"))
+        what = "does not exist" if not model_dir.exists() else "is not a folder" if not model_dir.is_dir() else (
+            "is empty" if not any(model_dir.iterdir()) else "holds no saved classifier (config.json + model.safetensors)")
+        raise ModelPathError(f"model_dir {model_dir} {what}; pass the folder train.py --output_dir wrote.")
+    try:
+        cfg = json.loads(cfg_file.read_text())
+        model = timm.create_model(cfg["architecture"], pretrained=False, num_classes=cfg["num_classes"])
+        model.load_state_dict(load_file(model_dir / "model.safetensors"))
+    except (ValueError, KeyError, RuntimeError, OSError) as e:  # json, missing key, shape mismatch, bad header
+        raise ModelPathError(f"model_dir {model_dir}: incomplete or corrupt classifier ({type(e).__name__}: "
+                             f"{str(e)[:300]}); retrain, or pass the folder train.py --output_dir wrote.") from e
     return model.eval(), cfg
