@@ -73,24 +73,29 @@ def read_yaml(path: str | Path):
                                   f"(quote strings holding ':' or '#', close brackets)") from None
 
 
+def read_jsonl(path: Path) -> list[tuple[int, dict]]:
+    """``(line number, object)`` of every non-blank line of a JSONL file; a bad line raises with file and line."""
+    rows = []
+    for i, line in enumerate(read_text(path).split("\n"), start=1):  # not splitlines: JSON may hold U+2028
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataValidationError(f"{path}, row {i}: not valid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(row, dict):
+            raise DataValidationError(f"{path}, row {i}: expected a JSON object, got {type(row).__name__}")
+        rows.append((i, row))
+    return rows
+
+
 def read_rows(source: str | Path) -> list[dict]:
     """Read a JSONL/JSON/CSV file into a list of dicts; malformed lines raise with file and line number."""
     path = Path(source)
     if not path.exists():
         raise DataFileMissing(f"{path}: no such file")
     if path.suffix == ".jsonl":
-        rows = []
-        for i, line in enumerate(read_text(path).split("\n"), start=1):  # not splitlines: JSON may hold U+2028
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataValidationError(f"{path}, row {i}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise DataValidationError(f"{path}, row {i}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
-        return rows
+        return [row for _, row in read_jsonl(path)]
     if path.suffix == ".json":
         try:
             data = json.loads(read_text(path))

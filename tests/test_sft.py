@@ -71,14 +71,21 @@ def test_lora_learns_and_base_weights_stay_frozen(tmp_path):
 
 
 class _Kill(TrainerCallback):
-    """Simulates a killed run: raises right after the checkpoint of step ``at`` is written."""
+    """Simulates a killed run at step ``at``: right after its checkpoint is written (``when="save"``), or at the
+    end of the step, before its checkpoint (``when="step"``)."""
 
-    def __init__(self, at):
-        self.at = at
+    def __init__(self, at, when="save"):
+        self.at, self.when = at, when
+
+    def _maybe_kill(self, state, when):
+        if state.global_step == self.at and self.when == when:
+            raise KeyboardInterrupt
 
     def on_save(self, args, state, control, **kw):
-        if state.global_step == self.at:
-            raise KeyboardInterrupt
+        self._maybe_kill(state, "save")
+
+    def on_step_end(self, args, state, control, **kw):
+        self._maybe_kill(state, "step")
 
 
 def test_killed_run_resumes_to_the_same_result(tmp_path):
@@ -234,17 +241,6 @@ def test_replay_kl_needs_the_replay_column(tmp_path):
 # --- reliability of resume: a kill at any step, a checkpoint left half-written, a finished run ------------------
 
 
-class _KillAtStep(TrainerCallback):
-    """Simulates a kill in the middle of training: raises at the end of step ``at`` (before its checkpoint)."""
-
-    def __init__(self, at):
-        self.at = at
-
-    def on_step_end(self, args, state, control, **kw):
-        if state.global_step == self.at:
-            raise KeyboardInterrupt
-
-
 @pytest.mark.parametrize("kill_at", sorted(__import__("random").Random(7).sample(range(2, 7), 2)))
 def test_kill_at_any_step_resumes_onto_the_same_loss_curve(tmp_path, kill_at):
     kw = dict(save_strategy="steps", save_steps=2, max_steps=7)
@@ -253,7 +249,7 @@ def test_kill_at_any_step_resumes_onto_the_same_loss_curve(tmp_path, kill_at):
     curve = {h["step"]: h["loss"] for h in straight.state.log_history if "loss" in h}
 
     killed = _trainer(tmp_path / "b", **kw)
-    killed.add_callback(_KillAtStep(kill_at))
+    killed.add_callback(_Kill(kill_at, when="step"))
     with pytest.raises(KeyboardInterrupt):
         killed.train()
     resumed = _trainer(tmp_path / "b", **kw)

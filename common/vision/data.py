@@ -80,18 +80,9 @@ def _read_rows(path: Path) -> list[tuple[int, dict]]:
         with path.open(newline="") as f:
             reader = csv.DictReader(f)
             return [(reader.line_num, row) for row in reader]
-    rows = []
-    for i, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}, row {i}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{path}, row {i}: expected a JSON object with path, label[, split]")
-        rows.append((i, row))
-    return rows
+    from common.data import read_jsonl
+
+    return read_jsonl(path)
 
 
 def samples_from_table(path: str | Path, path_column: str = "path", label_column: str = "label",
