@@ -5,7 +5,7 @@
     raise DataError(f"{path}, row {i}: 'messages' is empty")   # file, row, what is wrong (and the fix)
 
     if __name__ == "__main__":
-        run_main(main)          # exit code 2 and the message, no traceback (COOKBOOK_DEBUG=1 shows it)
+        run_main(main)          # exit code 2 and the message, no traceback (--debug or COOKBOOK_DEBUG=1 shows it)
 
 Anything else that escapes ``main`` is a bug and keeps its traceback.
 """
@@ -40,12 +40,15 @@ USAGE_EXIT_CODE = 2
 def run_main(main: Callable[[], object]) -> None:
     """Run a script's ``main()``: a :class:`CookbookError` prints ``error: <message>`` and exits with code 2.
 
-    Set ``COOKBOOK_DEBUG=1`` to get the full traceback instead.
+    Pass ``--debug`` (removed from ``sys.argv`` before ``main`` parses it) or set ``COOKBOOK_DEBUG=1`` to get the
+    full traceback instead.
     """
+    debug = "--debug" in sys.argv[1:] or bool(os.environ.get("COOKBOOK_DEBUG"))
+    sys.argv[1:] = [a for a in sys.argv[1:] if a != "--debug"]
     try:
         main()
     except CookbookError as e:
-        if os.environ.get("COOKBOOK_DEBUG"):
+        if debug:
             raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(USAGE_EXIT_CODE)

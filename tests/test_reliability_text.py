@@ -286,3 +286,12 @@ def test_scripts_exit_2_without_traceback(tmp_path, script, argv, words):
     for word in words:
         assert word in proc.stderr
     assert not (tmp_path / "run").exists() and not (tmp_path / "out").exists()
+
+
+def test_debug_flag_shows_the_traceback(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("COOKBOOK_DEBUG", None)
+    proc = subprocess.run([sys.executable, str(RECIPE / "train.py"), "--config", str(SMOKE), "--learning_rate", "-1",
+                           "--output_dir", str(tmp_path / "run"), "--debug"], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=120)
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "ConfigError" in proc.stderr
