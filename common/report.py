@@ -7,7 +7,8 @@ Required keys of the report dict (checked by :func:`validate_report`)::
     primary_metric,                      # a key present in metrics.before and metrics.after
     metrics: {before: {...}, after: {...}}   # the same evaluation, base model vs fine-tuned, held-out data
 
-Optional, rendered when present: ``metrics_validation: {before, after}`` (the same metrics on the validation
+Optional, rendered when present: ``phases`` (wall time per phase of the run, from :class:`Stopwatch`),
+``metrics_validation: {before, after}`` (the same metrics on the validation
 split, where defaults are chosen) and ``command`` (how the run was started; filled in from ``sys.argv`` with
 machine paths made relative). Anything else (data sizes, config, extra evaluations) may be added freely.
 """
@@ -18,6 +19,7 @@ import json
 import math
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -121,6 +123,33 @@ def _finite(obj):
     if isinstance(obj, (list, tuple)):
         return [_finite(v) for v in obj]
     return obj
+
+
+class Stopwatch:
+    """Wall time of each phase of a run, so the report shows where the time goes (the next bottleneck).
+
+        clock = Stopwatch()
+        ...load and validate data...;  clock.lap("data")
+        ...evaluate the base model...; clock.lap("base_evaluation")
+        report["phases"] = clock.summary()
+    """
+
+    def __init__(self) -> None:
+        self._start = self._last = time.perf_counter()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> float:
+        """Charge the time since the previous lap (or the start) to ``name``; returns those seconds."""
+        now = time.perf_counter()
+        seconds, self._last = now - self._last, now
+        self.laps[name] = self.laps.get(name, 0.0) + seconds
+        return seconds
+
+    def summary(self) -> dict:
+        """``{"total_seconds", name: {"seconds", "share"}}`` for the laps so far."""
+        total = max(self._last - self._start, 1e-9)
+        return {"total_seconds": round(total, 1),
+                **{k: {"seconds": round(v, 1), "share": round(v / total, 3)} for k, v in self.laps.items()}}
 
 
 def results_table(report: dict) -> str:
@@ -239,6 +268,10 @@ def write_report(
         val = report["metrics_validation"]
         lines += ["## Validation split (where defaults are chosen; the test split chooses nothing)", "",
                   _metrics_table(val["before"], val["after"], primary), ""]
+    if "phases" in report:
+        phases = {k: v for k, v in report["phases"].items() if isinstance(v, dict)}
+        lines += ["## Where the time went", "", f"{report['phases']['total_seconds']:.0f} s in all: " + ", ".join(
+            f"{k.replace('_', ' ')} {v['seconds']:.0f} s ({v['share']:.0%})" for k, v in phases.items()), ""]
     lines += [f"Command: `{report['command']}`", ""]
     for title, name in figures:
         lines += [f"## {title}", "", f"![{title}]({name})", ""]

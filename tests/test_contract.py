@@ -64,6 +64,8 @@ def test_usecase_end_to_end(folder, tmp_path):
     report = json.loads((run / "report.json").read_text())
     validate_report(report)
     assert report["usecase"] and report["train"]["seconds"] > 0
+    phases = {k: v for k, v in report["phases"].items() if isinstance(v, dict)}  # where the wall time went
+    assert {"data", "training"} <= set(phases) and 0.5 < sum(v["share"] for v in phases.values()) <= 1.001
     assert (run / "REPORT.md").exists() and (run / "before_after.png").exists()
 
     out = _run([predictor, "--model_dir", run, "--examples", "2"])

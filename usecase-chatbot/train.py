@@ -26,7 +26,7 @@ from common.export import merge_and_export
 from common.hardware import detect, training_precision
 from common.models import load_causal_lm, load_tokenizer
 from common.paths import load_sibling, repo_path
-from common.report import write_report
+from common.report import Stopwatch, write_report
 from common.train import build_sft_trainer, train_and_measure
 
 prepare = load_sibling(__file__, "prepare_data")  # help center -> conversations; replay rows
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
     args, model_args, training_args = parse_config(
         (ChatbotArguments, ModelArguments, SFTConfig), argv, default_config=repo_path("usecase-chatbot/config.yaml"))
     checks.check_arguments(args, model_args, training_args)
-    hw = detect()
+    hw, clock = detect(), Stopwatch()  # clock: wall time per phase, in the report
     logger.info("hardware: %s", hw.describe(training_precision(training_args)))
     out = Path(training_args.output_dir)
 
@@ -85,11 +85,13 @@ def main(argv: list[str] | None = None) -> dict:
         train_ds = train_ds.select(range(min(args.max_train_rows, len(train_ds))))
     train_ds = train_ds.map(messages_to_prompt_completion, remove_columns=train_ds.column_names)
     valid_ds = valid_ds.map(messages_to_prompt_completion, remove_columns=valid_ds.column_names)
+    clock.lap("data")
 
     # 2. Base model, evaluated before any training (test, validation and general questions)
     model = load_causal_lm(model_args, training_args.trust_remote_code, hw)
     base = scoring.evaluate(model, tokenizer, splits, general_sets, args, "base")
     logger.info("base model: fact accuracy %.3f", base["test"]["fact_accuracy"])
+    clock.lap("base_evaluation")
 
     # Replay: the base model's own answers to unrelated general prompts join the training data, so that
     # fine-tuning keeps its general behaviour (limits catastrophic forgetting; see README).
@@ -103,15 +105,18 @@ def main(argv: list[str] | None = None) -> dict:
         train_ds = train_ds.add_column("replay", [False] * len(train_ds))
         train_ds = concatenate_datasets([train_ds, replay]).shuffle(seed=training_args.data_seed or 0)
     kl_weight = args.replay_kl_weight if n_replay and args.replay_loss == "kl" else None
+    clock.lap("replay_answers")
 
     # 3. LoRA fine-tuning (resumes from the last checkpoint in output_dir if one exists)
     trainer = build_sft_trainer(model, tokenizer, training_args, train_ds, valid_ds, get_peft_config(model_args),
                                 early_stopping_patience=args.early_stopping_patience, replay_kl_weight=kl_weight)
     train_stats = train_and_measure(trainer)
+    clock.lap("training")
 
     # 4. The same evaluation on the fine-tuned model (best checkpoint by validation loss)
     tuned = scoring.evaluate(trainer.model, tokenizer, splits, general_sets, args, "fine-tuned")
     logger.info("fine-tuned: fact accuracy %.3f", tuned["test"]["fact_accuracy"])
+    clock.lap("after_evaluation")
 
     # 5. Save: adapter + tokenizer (+ a merged model checked against base + adapter), then the report
     trainer.save_model(str(out))
@@ -125,12 +130,13 @@ def main(argv: list[str] | None = None) -> dict:
                   "data": "usecase-chatbot/data/help_center.md (fictional product, Apache-2.0)"})
     scoring.write_predictions(out / "predictions.jsonl", splits["test"], base["answers"]["test"],
                               tuned["answers"]["test"])
+    clock.lap("export")
     report = scoring.build_report(
         base, tuned, general_sets, splits,
         model=model_args.model_name_or_path, method="SFT + LoRA" if model_args.use_peft else "SFT (full)",
         hardware=hw.describe(training_precision(training_args)),
         train={**train_stats, "rows": len(train_ds), "replay_rows": n_replay},
-        config=to_dict(args, model_args))
+        config=to_dict(args, model_args), phases=clock.summary())
     write_report(out, report, trainer.state.log_history, sections=[(
         "Example answers (held-out phrasings)",
         scoring.examples_table(splits["test"], base["answers"]["test"], tuned["answers"]["test"]))])

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from common.errors import DataError, run_main
+from common.errors import ConfigError, DataError, run_main
 from common.paths import repo_path
 
 HERE = Path(__file__).resolve().parent
@@ -299,6 +299,41 @@ def prepare(data_dir: str | Path, gen: GenerationArguments) -> Path:
         raise DataError(f"{data_dir} is empty or missing and generate is false; generate it with "
                         f"python usecase-vision-defects/prepare_data.py --out {data_dir}")
     return generate(data_dir, gen)
+
+
+#: Tables train.py reads as ``data_dir`` (one image per row: path,label[,split]).
+TABLE_SUFFIXES = (".csv", ".jsonl", ".json")
+
+
+def is_generated_folder(path: Path) -> bool:
+    """The recipe's own synthetic set: ``usecase-vision-defects/data/generated*`` or a folder the generator
+    stamped (``generation.json``). Only these are generated when missing; any other missing path is an error."""
+    own = path.resolve().parent == (HERE / "data").resolve() and path.name.startswith("generated")
+    return own or (path / "generation.json").is_file()
+
+
+def resolve_data_dir(data_dir: str | None, gen_args) -> str:
+    """``data_dir`` ready to load: generated when it is the recipe's own generated folder, else used as is.
+
+    Raises:
+        ConfigError: no data_dir.
+        DataError: a missing / empty folder or table that is not the generated set (naming it, and how to
+            generate data), or a file that is not a CSV/JSONL table.
+    """
+    if not data_dir:
+        raise ConfigError("Set data_dir (an image folder, CSV or JSONL) or dataset_name (a hub dataset).")
+    path = repo_path(data_dir)
+    if path.is_file() and path.suffix.lower() not in TABLE_SUFFIXES:
+        raise DataError(f"data_dir {data_dir} is a file but not a CSV/JSONL table ({', '.join(TABLE_SUFFIXES)}); "
+                        "pass an image folder (root/<class>/*.png) or a table with columns path,label[,split].")
+    if path.suffix.lower() in TABLE_SUFFIXES and not path.exists():
+        raise DataError(f"data_dir {data_dir}: table not found ({path}).")
+    empty = path.is_dir() and not any(path.iterdir())
+    if (not path.exists() or empty) and not is_generated_folder(path):
+        raise DataError(f"data_dir {data_dir} {'is empty' if empty else 'does not exist'} ({path}); pass your image "
+                        "folder (root/<class>/*.png) or a CSV/JSONL table, or generate the synthetic set there first: "
+                        f"python usecase-vision-defects/prepare_data.py --out {data_dir}")
+    return str(prepare(data_dir, gen_args))
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -19,10 +19,10 @@ from transformers import TrainerState, TrainingArguments
 
 from common import vision
 from common.config import parse_config, to_dict
-from common.errors import ConfigError, DataError, run_main
+from common.errors import run_main
 from common.hardware import detect, peak_memory_mb, training_precision
 from common.paths import load_sibling, portable_path, repo_path
-from common.report import write_report
+from common.report import Stopwatch, write_report
 from common.train import resume_checkpoint
 
 HERE = Path(__file__).resolve().parent
@@ -35,41 +35,6 @@ def _portable_model(name_or_path: str) -> str:
     return portable_path(repo_path(name_or_path)) if repo_path(name_or_path).is_dir() else name_or_path
 
 
-#: Tables train.py reads as ``data_dir`` (one image per row: path,label[,split]).
-TABLE_SUFFIXES = (".csv", ".jsonl", ".json")
-
-
-def is_generated_folder(path: Path) -> bool:
-    """The recipe's own synthetic set: ``usecase-vision-defects/data/generated*`` or a folder the generator
-    stamped (``generation.json``). Only these are generated when missing; any other missing path is an error."""
-    own = path.resolve().parent == (HERE / "data").resolve() and path.name.startswith("generated")
-    return own or (path / "generation.json").is_file()
-
-
-def resolve_data_dir(data_dir: str | None, gen_args) -> str:
-    """``data_dir`` ready to load: generated when it is the recipe's own generated folder, else used as is.
-
-    Raises:
-        ConfigError: no data_dir.
-        DataError: a missing / empty folder or table that is not the generated set (naming it, and how to
-            generate data), or a file that is not a CSV/JSONL table.
-    """
-    if not data_dir:
-        raise ConfigError("Set data_dir (an image folder, CSV or JSONL) or dataset_name (a hub dataset).")
-    path = repo_path(data_dir)
-    if path.is_file() and path.suffix.lower() not in TABLE_SUFFIXES:
-        raise DataError(f"data_dir {data_dir} is a file but not a CSV/JSONL table ({', '.join(TABLE_SUFFIXES)}); "
-                        "pass an image folder (root/<class>/*.png) or a table with columns path,label[,split].")
-    if path.suffix.lower() in TABLE_SUFFIXES and not path.exists():
-        raise DataError(f"data_dir {data_dir}: table not found ({path}).")
-    empty = path.is_dir() and not any(path.iterdir())
-    if (not path.exists() or empty) and not is_generated_folder(path):
-        raise DataError(f"data_dir {data_dir} {'is empty' if empty else 'does not exist'} ({path}); pass your image "
-                        "folder (root/<class>/*.png) or a CSV/JSONL table, or generate the synthetic set there first: "
-                        f"python usecase-vision-defects/prepare_data.py --out {data_dir}")
-    return str(prepare_data.prepare(data_dir, gen_args))
-
-
 def main(argv: list[str] | None = None) -> dict:
     # 1. Configuration: dataclass defaults < config.yaml < command-line flags (unknown keys are errors).
     data_args, model_args, gen_args, args = parse_config(
@@ -77,12 +42,12 @@ def main(argv: list[str] | None = None) -> dict:
          TrainingArguments),
         argv, default_config=HERE / "config.yaml")
     vision.check_args(data_args, model_args, args)  # ranges and choices, before any data or model work
-    out = Path(args.output_dir)
+    out, clock = Path(args.output_dir), Stopwatch()  # clock: wall time per phase, in the report
 
     # 2. Data: generate (only the recipe's own synthetic set), or take yours; then open every image and check
     #    every label BEFORE training.
     if not data_args.dataset_name:
-        data_args.data_dir = resolve_data_dir(data_args.data_dir, gen_args)
+        data_args.data_dir = prepare_data.resolve_data_dir(data_args.data_dir, gen_args)
     splits = vision.load_splits(data_args, seed=args.seed)
     classes = vision.validate_splits(splits, data_args.labels, data_args.max_problems_shown)
     print(f"classes {classes}; images " + ", ".join(f"{k}={len(v)}" for k, v in splits.items()))
@@ -94,6 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_tf = vision.build_transforms(size, norm["mean"], norm["std"], train=True, augment=data_args.augment)
     train_ds = vision.ImageDataset(splits["train"], classes, train_tf)
     probe_ds, val_ds, test_ds = (vision.ImageDataset(splits[s], classes, eval_tf) for s in ("train", "val", "test"))
+    clock.lap("data")
 
     # 3. Baseline: a linear classifier on frozen ImageNet features (features computed once, cached).
     start = time.perf_counter()
@@ -105,6 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
     cam_before = vision.localization_score(backbone, test_ds, classes, **cam)
     before["gradcam_peak_in_box"] = cam_before["gradcam_peak_in_box"]
     print(f"baseline (linear probe): macro-F1 {before['macro_f1']:.3f}")
+    clock.lap("baseline")
 
     # 4. Fine-tune with the HF Trainer: best checkpoint by validation macro-F1, early stopping, resumable.
     if not model_args.init_head_from_probe:
@@ -124,6 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
         trainer.train(resume_from_checkpoint=resume)
         train = vision.train_throughput(trainer, len(train_ds), start_epoch)
     model = vision.unwrap(trainer.model if trainer else model)
+    clock.lap("training")
 
     # 5. Evaluate the fine-tuned model exactly like the baseline (same held-out test split; inference speed after
     #    a warm-up batch), and both on the validation split too: defaults are chosen there, never on test.
@@ -134,6 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     after["gradcam_peak_in_box"] = cam_after["gradcam_peak_in_box"]
     print(f"fine-tuned ({model_args.method}): macro-F1 {after['macro_f1']:.3f}; "
           f"heatmap peak ({model_args.cam_method}) in the defect box: {after['gradcam_peak_in_box']:.0%}")
+    clock.lap("after_evaluation")
 
     # 6. Save: safetensors + config.json (labels, normalization, resolution) that predict.py rebuilds from.
     vision.save_classifier(model, out, classes, norm, size,
@@ -155,6 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows = ["| image | true | predicted | confidence | heatmap |", "|---|---|---|---|---|"]
     rows += [f"| {Path(e['image']).name} | {t['label']} | {e['class']} | {e['confidence']:.2f} | "
              f"![](examples/{Path(e['heatmap']).name}) |" for e, t in zip(examples, picks)]
+    clock.lap("export")
     config = to_dict(data_args, model_args, gen_args)
     config["data_dir"] = portable_path(data_args.data_dir, out)  # no machine paths in a committed report
     config["model_name_or_path"] = _portable_model(model_args.model_name_or_path)
@@ -172,6 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
         "localization": {"before": cam_before, "after": cam_after, "validation_after": cam_val_after},
         "data": {"classes": classes, **{k: len(v) for k, v in splits.items()}},
         "config": config,
+        "phases": clock.summary(),
     }
     sections = [("Confusion matrix (fine-tuned, held-out test)", "![confusion matrix](confusion_matrix.png)\n\n"
                  "Baseline: ![baseline confusion matrix](confusion_matrix_baseline.png)"),
