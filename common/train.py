@@ -162,14 +162,14 @@ def checkpoint_problem(folder: str | Path) -> str | None:
     """``None`` when a ``checkpoint-*`` folder is complete, else what is wrong with which file.
 
     The Trainer's save is not atomic: a run killed while saving leaves a partial folder. Checked without loading
-    the weights: ``trainer_state.json`` parses, every safetensors file has a readable header and its tensors fit
-    in the file, every torch pickle (``optimizer.pt``, ``scheduler.pt``, ``rng_state.pth``, ``*.bin``) is a zip
-    archive whose CRCs match.
+    the weights: ``trainer_state.json`` parses, every safetensors file passes
+    :func:`common.models.check_safetensors`, every torch pickle (``optimizer.pt``, ``scheduler.pt``,
+    ``rng_state.pth``, ``*.bin``) is a zip archive whose CRCs match.
     """
     import json
     import zipfile
 
-    from safetensors import safe_open
+    from common.models import check_safetensors
 
     folder = Path(folder)
     state = folder / "trainer_state.json"
@@ -182,13 +182,9 @@ def checkpoint_problem(folder: str | Path) -> str | None:
         return f"{folder}: no *.safetensors weights"
     for f in weights:
         try:
-            with safe_open(str(f), framework="pt") as st:
-                for name in st.keys():
-                    st.get_slice(name)  # reads the header entry; a truncated file fails here or below
-            if f.stat().st_size < _safetensors_end(f):
-                return f"{f}: truncated"
-        except Exception as e:  # noqa: BLE001 -- any failure to read the header means an unusable file
-            return f"{f}: unreadable ({e})"
+            check_safetensors(f)  # header + "the offsets cover the file": a cut file fails here
+        except ModelPathError as e:
+            return str(e)
     for f in [*folder.glob("*.pt"), *folder.glob("*.pth"), *folder.glob("*.bin")]:
         try:
             with zipfile.ZipFile(f) as z:
@@ -198,18 +194,6 @@ def checkpoint_problem(folder: str | Path) -> str | None:
         except (OSError, zipfile.BadZipFile) as e:
             return f"{f}: truncated or corrupt ({e})"
     return None
-
-
-def _safetensors_end(path: Path) -> int:
-    """The byte length a safetensors file must have, from its header (8-byte size + JSON + data)."""
-    import json
-    import struct
-
-    with path.open("rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
-    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
-    return 8 + n + max(ends, default=0)
 
 
 def resume_checkpoint(args) -> str | None:
