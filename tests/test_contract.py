@@ -65,7 +65,8 @@ def test_usecase_end_to_end(folder, tmp_path):
     validate_report(report)
     assert report["usecase"] and report["train"]["seconds"] > 0
     phases = {k: v for k, v in report["phases"].items() if isinstance(v, dict)}  # where the wall time went
-    assert {"data", "training"} <= set(phases) and 0.5 < sum(v["share"] for v in phases.values()) <= 1.001
+    shares = sum(v["share"] for v in phases.values())  # each rounded to 3 decimals: allow 0.0005 per phase
+    assert {"data", "training"} <= set(phases) and 0.5 < shares <= 1 + 0.0005 * len(phases) + 1e-9
     assert (run / "REPORT.md").exists() and (run / "before_after.png").exists()
 
     out = _run([predictor, "--model_dir", run, "--examples", "2"])
