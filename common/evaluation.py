@@ -105,3 +105,14 @@ def completion_perplexity(model, tokenizer, prompts: Sequence[list[dict]], compl
         total_nll += float(loss) * n
         total_tokens += n
     return float(torch.exp(torch.tensor(total_nll / max(total_tokens, 1))))
+
+
+def retention(questions: list[dict], before: list[str], after: list[str]) -> dict:
+    """Accuracy before and after on general questions (``{"question", "keys"}``), and the share of the base
+    model's right answers the fine-tuned model keeps (``retention``; NaN when the base got none right)."""
+    right_before = [key_terms_score(a, q["keys"]) for a, q in zip(before, questions)]
+    right_after = [key_terms_score(a, q["keys"]) for a, q in zip(after, questions)]
+    base_right = sum(right_before)
+    kept = sum(a for a, b in zip(right_after, right_before) if b)
+    return {"accuracy_before": base_right / len(questions), "accuracy_after": sum(right_after) / len(questions),
+            "retention": kept / base_right if base_right else float("nan"), "kept": kept, "base_right": base_right}

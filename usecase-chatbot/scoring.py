@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from common.evaluation import completion_perplexity, generate_chat, key_terms_accuracy, key_terms_score
+from common.evaluation import completion_perplexity, generate_chat, key_terms_accuracy, key_terms_score, retention
 
 
 def evaluate(model, tokenizer, splits: dict, general_sets: dict[str, list[dict]], args, tag: str) -> dict:
@@ -33,16 +33,6 @@ def evaluate(model, tokenizer, splits: dict, general_sets: dict[str, list[dict]]
     for name, questions in general_sets.items():
         answers[name] = ask([[{"role": "user", "content": g["question"]}] for g in questions], name)
     return {**metrics, "answers": answers}
-
-
-def retention(questions: list[dict], before: list[str], after: list[str]) -> dict:
-    """Accuracy before and after on general questions, and the share of the base model's right answers kept."""
-    right_before = [key_terms_score(a, q["keys"]) for a, q in zip(before, questions)]
-    right_after = [key_terms_score(a, q["keys"]) for a, q in zip(after, questions)]
-    base_right = sum(right_before)
-    kept = sum(a for a, b in zip(right_after, right_before) if b)
-    return {"accuracy_before": base_right / len(questions), "accuracy_after": sum(right_after) / len(questions),
-            "retention": kept / base_right if base_right else float("nan"), "kept": kept, "base_right": base_right}
 
 
 def write_predictions(path: Path, test_rows: list[dict], before: list[str], after: list[str]) -> None:
