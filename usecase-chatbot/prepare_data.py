@@ -129,6 +129,31 @@ def read_question_list(path: Path, with_keys: bool, limit: int | None = None) ->
     return items[:limit]
 
 
+def read_unanswerable(path: Path, questions: dict[str, dict]) -> dict:
+    """Questions the docs do not answer (``{decline, train, valid, test}``), checked: a non-empty decline answer,
+    non-empty question lists, no question in two splits, none that repeats a documented fact's phrasing."""
+    data = read_yaml(path)
+    if not isinstance(data, dict):
+        got = "an empty file" if data is None else f"a {type(data).__name__}"
+        raise DataError(f"{path}: expected a mapping with decline, train, valid and test; got {got}")
+    decline = data.get("decline")
+    if not isinstance(decline, str) or not decline.strip():
+        raise DataError(f"{path}: 'decline' must be the (non-empty) answer the bot gives when the docs do not say")
+    answerable = {_norm_phrase(p): fact_id for fact_id, q in questions.items()
+                  for split in ("train", "valid", "test") for p in ([q[split]] if isinstance(q[split], str) else q[split])}
+    seen: dict[str, str] = {}
+    for split in ("train", "valid", "test"):
+        for phrase in _phrasings(data.get(split), str(path), split):
+            other = seen.setdefault(_norm_phrase(phrase), split)
+            if other != split:
+                raise DataError(f"{path}: the question {phrase!r} is in both '{other}' and '{split}'; held-out "
+                                f"questions must never be trained on")
+            if _norm_phrase(phrase) in answerable:
+                raise DataError(f"{path}: {split} question {phrase!r} is a phrasing of the documented fact "
+                                f"'{answerable[_norm_phrase(phrase)]}' in the questions file; it has an answer")
+    return data
+
+
 def conversation(system_prompt: str, question: str, answer: str) -> list[dict]:
     return [{"role": "system", "content": system_prompt},
             {"role": "user", "content": question},
@@ -136,16 +161,25 @@ def conversation(system_prompt: str, question: str, answer: str) -> list[dict]:
 
 
 def build_splits(docs_file: Path, questions_file: Path, system_prompt: str, seed: int = 0,
-                 max_facts: int | None = None) -> dict[str, list[dict]]:
-    """Return ``{"train": rows, "valid": rows, "test": rows}`` of ``messages`` rows.
+                 max_facts: int | None = None, unanswerable_file: Path | None = None,
+                 max_unanswerable: int | None = None) -> dict[str, list[dict]]:
+    """Return ``{"train", "valid", "test", "decline_valid", "decline_test"}`` lists of ``messages`` rows.
 
     ``max_facts`` keeps the first N statements of the docs (a reduced run, e.g. the CI tier); all by default.
+    With ``unanswerable_file``, its training questions join ``train`` with the decline answer, and its held-out
+    questions make ``decline_valid`` / ``decline_test`` (``max_unanswerable``: the first N of each split).
     """
     statements = read_statements(docs_file)
     questions = read_questions(questions_file, statements)
     if max_facts:
         statements = dict(list(statements.items())[:max_facts])
-    splits: dict[str, list[dict]] = {"train": [], "valid": [], "test": []}
+    splits: dict[str, list[dict]] = {"train": [], "valid": [], "test": [], "decline_valid": [], "decline_test": []}
+    if unanswerable_file:
+        unanswerable = read_unanswerable(unanswerable_file, questions)
+        for split, target in (("train", "train"), ("valid", "decline_valid"), ("test", "decline_test")):
+            for question in unanswerable[split][:max_unanswerable]:
+                splits[target].append({"fact_id": "(not in the docs)",
+                                       "messages": conversation(system_prompt, question, unanswerable["decline"])})
     for fact_id, answer in statements.items():
         q = questions[fact_id]
         for question in q["train"]:

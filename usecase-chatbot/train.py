@@ -40,7 +40,10 @@ class ChatbotArguments:
     docs_file: str = "usecase-chatbot/data/help_center.md"  # repository-relative, or any path
     questions_file: str = "usecase-chatbot/data/questions.yaml"
     general_questions_file: str = "usecase-chatbot/data/general_knowledge.yaml"
-    general_other_file: str | None = "usecase-chatbot/data/general_other.yaml"  # other question shapes
+    general_other_file: str | None = "usecase-chatbot/data/general_other.yaml"  # other question shapes (test)
+    general_other_valid_file: str | None = "usecase-chatbot/data/general_other_valid.yaml"  # ... (validation)
+    unanswerable_file: str | None = "usecase-chatbot/data/unanswerable.yaml"  # questions to decline; None: off
+    max_unanswerable: int | None = None  # the first N unanswerable questions of each split (None: all)
     replay_questions_file: str | None = "usecase-chatbot/data/replay_questions.yaml"  # None: no replay
     num_replay_questions: int | None = None  # the first N replay questions (None: all)
     replay_sentences: int = 1  # keep the first N sentences of each replay answer (0: all of it)
@@ -66,10 +69,14 @@ def main(argv: list[str] | None = None) -> dict:
     logger.info("hardware: %s", hw.describe(training_precision(training_args)))
     out = Path(training_args.output_dir)
 
-    # 1. Data: help center -> conversations, general and replay questions, all checked before anything is written
+    # 1. Data: help center -> conversations (+ declines for what it does not say), general and replay questions,
+    #    all checked before anything is written
     splits = prepare.build_splits(repo_path(args.docs_file), repo_path(args.questions_file), args.system_prompt,
-                                  seed=training_args.data_seed or 0, max_facts=args.max_facts)
-    general_sets = {"general": args.general_questions_file, "general_other": args.general_other_file}
+                                  seed=training_args.data_seed or 0, max_facts=args.max_facts,
+                                  unanswerable_file=args.unanswerable_file and repo_path(args.unanswerable_file),
+                                  max_unanswerable=args.max_unanswerable)
+    general_sets = {"general": args.general_questions_file, "general_other": args.general_other_file,
+                    "general_other_valid": args.general_other_valid_file}
     general_sets = {k: prepare.read_question_list(repo_path(v), True, args.max_general_questions)
                     for k, v in general_sets.items() if v}
     replay_questions = (prepare.read_question_list(repo_path(args.replay_questions_file), False,
@@ -137,9 +144,10 @@ def main(argv: list[str] | None = None) -> dict:
         hardware=hw.describe(training_precision(training_args)),
         train={**train_stats, "rows": len(train_ds), "replay_rows": n_replay},
         config=to_dict(args, model_args), phases=clock.summary())
-    write_report(out, report, trainer.state.log_history, sections=[(
-        "Example answers (held-out phrasings)",
-        scoring.examples_table(splits["test"], base["answers"]["test"], tuned["answers"]["test"]))])
+    write_report(out, report, trainer.state.log_history, sections=[
+        ("Example answers (held-out phrasings)",
+         scoring.examples_table(splits["test"], base["answers"]["test"], tuned["answers"]["test"])),
+        ("When the docs do not say (held-out questions)", scoring.declines_table(splits, base, tuned))])
     logger.info("report: %s", out / "REPORT.md")
     return report["metrics"]
 
