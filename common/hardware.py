@@ -164,3 +164,11 @@ def reset_peak_memory() -> None:
     """Reset the CUDA peak counter (max RSS on CPU cannot be reset; it is monotonic per process)."""
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
+
+
+def is_main_process() -> bool:
+    """True in a single process, and in the rank-0 process of an ``accelerate launch`` / ``torchrun`` job.
+
+    Recipes train on every process, and evaluate, export and write their report on the main one only.
+    """
+    return int(os.environ.get("RANK", "0")) == 0

@@ -124,21 +124,36 @@ def replay_kl_trainer_class():
             if "replay" not in self._signature_columns:
                 self._signature_columns = [*self._signature_columns, "replay"]
 
+        def _count_replay_tokens(self, attention_mask: torch.Tensor | None) -> None:
+            """Trained-token count of the replay rows (0 without any); every rank calls it once per step, since
+            the count is gathered across processes and a collective must be called by all ranks alike."""
+            if attention_mask is None:
+                attention_mask = torch.zeros((), dtype=torch.long, device=self.args.device)
+            self._total_train_tokens += int(self.accelerator.gather_for_metrics(attention_mask.sum()).sum())
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             replay = inputs.pop("replay", None)
             if replay is None or not replay.any():
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+                loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+                if replay is not None and model.training:
+                    self._count_replay_tokens(None)
+                return loss
             if return_outputs:
                 raise NotImplementedError("replay rows are training rows; evaluation data has none")
             replay = replay.to(inputs["input_ids"].device)
             n_items = num_items_in_batch
             if n_items is None:
                 n_items = (inputs["labels"][:, 1:] != -100).sum()
+            task, task_inputs = ~replay, inputs
+            if not task.any() and self.accelerator.num_processes > 1:
+                # A batch of replay rows only: the task loss still runs (on one row whose labels are all ignored,
+                # so it adds 0) because it gathers metrics across processes, which every rank must do alike.
+                task = torch.arange(len(task), device=task.device) == 0
+                task_inputs = {**inputs, "labels": torch.full_like(inputs["labels"], -100)}
             loss = torch.zeros((), device=inputs["input_ids"].device)
-            task = ~replay
             if task.any():
                 loss = super().compute_loss(model, {k: v[task] if torch.is_tensor(v) and v.dim() and
-                                                    v.shape[0] == len(task) else v for k, v in inputs.items()},
+                                                    v.shape[0] == len(task) else v for k, v in task_inputs.items()},
                                             num_items_in_batch=n_items)
             rows = {k: inputs[k][replay] for k in ("input_ids", "attention_mask")}
             # Logits only where an answer token is predicted (position t predicts token t+1): the vocabulary
@@ -146,10 +161,13 @@ def replay_kl_trainer_class():
             keep = torch.zeros_like(rows["input_ids"], dtype=torch.bool)
             keep[:, :-1] = inputs["labels"][replay][:, 1:] != -100
             teacher = self._teacher_log_probs(model, rows["input_ids"], rows["attention_mask"], keep)
-            student = model(**rows, use_cache=False, logits_to_keep=keep).logits.flatten(0, -2).float().log_softmax(-1)
+            # Past the DDP wrapper: one wrapped forward per step on every process whatever the batch holds (the
+            # wrapper syncs buffers at each forward, a collective); the gradients still reach DDP's hooks.
+            student = self.accelerator.unwrap_model(model)(**rows, use_cache=False, logits_to_keep=keep)
+            student = student.logits.flatten(0, -2).float().log_softmax(-1)
             kl = F.kl_div(student, teacher, log_target=True, reduction="sum")  # KL(teacher || student)
             self._metrics["train"]["replay_kl"].append(kl.item() / max(int(keep.sum()), 1))
-            self._total_train_tokens += int(self.accelerator.gather_for_metrics(rows["attention_mask"].sum()).sum())
+            self._count_replay_tokens(rows["attention_mask"])
             kl_loss = self.replay_kl_weight * kl / torch.as_tensor(n_items, device=kl.device).clamp(min=1)
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 kl_loss = kl_loss * self.accelerator.num_processes  # as SFTTrainer scales its own loss

@@ -221,11 +221,13 @@ def build_replay(model, tokenizer, questions: list[str], system_prompt: str, wit
                               for p, a in zip(prompts, answers) if a])
 
 
-def write_splits(splits: dict[str, list[dict]], out_dir: Path) -> dict[str, Path]:
+def write_splits(splits: dict[str, list[dict]], out_dir: Path, write: bool = True) -> dict[str, Path]:
+    """``out_dir/<split>.jsonl`` for every split; ``write=False`` only names them (another process writes)."""
+    paths = {name: out_dir / f"{name}.jsonl" for name in splits}
+    if not write:
+        return paths
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {}
     for name, rows in splits.items():
-        paths[name] = out_dir / f"{name}.jsonl"
         with paths[name].open("w", encoding="utf-8") as f:
             for row in rows:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")

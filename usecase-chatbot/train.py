@@ -23,7 +23,7 @@ from common.config import ModelArguments, parse_config, to_dict
 from common.data import load_dataset_validated, messages_to_prompt_completion
 from common.errors import run_main
 from common.export import merge_and_export
-from common.hardware import detect, training_precision
+from common.hardware import detect, is_main_process, training_precision
 from common.models import load_causal_lm, load_tokenizer
 from common.paths import load_sibling, repo_path
 from common.report import Stopwatch, write_report
@@ -85,7 +85,9 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer = load_tokenizer(model_args.model_name_or_path, training_args.trust_remote_code)
     checks.check_max_length(tokenizer, splits, training_args.max_length)
 
-    files = prepare.write_splits(splits, out / "data")
+    main = is_main_process()  # under accelerate launch: every process trains; the main one evaluates and writes
+    with training_args.main_process_first(desc="data"):
+        files = prepare.write_splits(splits, out / "data", write=main)
     train_ds, _ = load_dataset_validated(files["train"], "messages")
     valid_ds, _ = load_dataset_validated(files["valid"], "messages")
     if args.max_train_rows:
@@ -96,8 +98,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     # 2. Base model, evaluated before any training (test, validation and general questions)
     model = load_causal_lm(model_args, training_args.trust_remote_code, hw)
-    base = scoring.evaluate(model, tokenizer, splits, general_sets, args, "base")
-    logger.info("base model: fact accuracy %.3f", base["test"]["fact_accuracy"])
+    base = None
+    if main:  # the other processes of a multi-process run only train
+        base = scoring.evaluate(model, tokenizer, splits, general_sets, args, "base")
+        logger.info("base model: fact accuracy %.3f", base["test"]["fact_accuracy"])
     clock.lap("base_evaluation")
 
     # Replay: the base model's own answers to unrelated general prompts join the training data, so that
@@ -107,7 +111,8 @@ def main(argv: list[str] | None = None) -> dict:
         replay = prepare.build_replay(model, tokenizer, replay_questions, args.system_prompt,
                                       args.replay_with_system_prompt, args.replay_sentences, args.max_new_tokens,
                                       args.eval_batch_size)
-        replay.to_json(out / "data" / "replay.jsonl")  # kept beside the other splits, for inspection
+        if main:
+            replay.to_json(out / "data" / "replay.jsonl")  # kept beside the other splits, for inspection
         n_replay = len(replay)
         train_ds = train_ds.add_column("replay", [False] * len(train_ds))
         train_ds = concatenate_datasets([train_ds, replay]).shuffle(seed=training_args.data_seed or 0)
@@ -119,6 +124,8 @@ def main(argv: list[str] | None = None) -> dict:
                                 early_stopping_patience=args.early_stopping_patience, replay_kl_weight=kl_weight)
     train_stats = train_and_measure(trainer)
     clock.lap("training")
+    if not main:
+        return {}
 
     # 4. The same evaluation on the fine-tuned model (best checkpoint by validation loss)
     tuned = scoring.evaluate(trainer.model, tokenizer, splits, general_sets, args, "fine-tuned")
