@@ -1,4 +1,5 @@
-"""Scale-out on an existing engine: ``accelerate launch --num_processes 2`` (the gloo backend on this CPU).
+"""Scale-out on an existing engine: ``accelerate launch`` with ``configs/accelerate/multi_cpu.yaml`` (2 processes,
+the gloo backend on this CPU).
 
 Two processes x 2 rows must train like one process x 4 rows -- the same rows per optimizer step (accelerate
 shards each global batch), the loss normalized by the answer tokens of the whole global batch
@@ -16,7 +17,7 @@ import pytest
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
-LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", REPO / "configs/accelerate/multi_cpu.yaml",
           "--main_process_port", "29517"]
 
 
