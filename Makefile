@@ -5,6 +5,7 @@
 #                    base model on held-out data (<= 5 min per recipe on 2 cores)
 #   make test-bf16   the tiny-model recipe and trainer tests again under bf16 autocast (the GPU / AMX path)
 #   make test-slow   the full default run of every recipe (~25 min for two recipes on 2 cores); commit results/
+#   make bench       the cookbook's trainers vs plain TRL / timm on the same data (runs/bench/bench.json)
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -17,7 +18,7 @@ RUN_DIR ?= runs/chatbot
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-ci test-bf16 test-slow bench-precision lint clean
+.PHONY: setup demo test test-ci test-bf16 test-slow bench bench-precision lint clean
 .DEFAULT_GOAL := demo
 
 setup: $(VENV)/.setup-done
@@ -53,10 +54,14 @@ test-slow: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m slow -q
 
 lint: setup
-	$(BIN)/ruff check common tests usecase-*
+	$(BIN)/ruff check common tests bench usecase-*
 
 clean:
 	rm -rf runs .pytest_cache
 
 bench-precision: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/cpu_precision.py
+
+# the cookbook's trainers vs plain TRL / a plain timm loop, same model, data and steps -> runs/bench/bench.json
+bench: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/trainers.py
