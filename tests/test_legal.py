@@ -1,0 +1,256 @@
+"""The legal recipe's own logic: fact normalization and scoring, data generation and validation, clause splitting
+and the predict script's input handling (tiny model; seconds)."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from common.errors import DataError
+from common.paths import load_sibling
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "usecase-legal"
+facts = load_sibling(RECIPE / "train.py", "facts")
+prepare = load_sibling(RECIPE / "train.py", "prepare_data")
+predict = load_sibling(RECIPE / "train.py", "predict")
+
+
+# ------------------------------------------------------------------------------------------ normalization
+@pytest.mark.parametrize("a, b", [
+    ("thirty (30) days", "30 days"),
+    ("Thirty (30) days", "a 30-day period"),
+    ("sixty days", "60 days"),
+    ("sixty (60) calendar days", "60 days"),
+    ("$1,250.00", "USD 1,250"),
+    ("one thousand two hundred fifty dollars ($1,250)", "USD 1,250"),
+    ("1,250 US dollars", "USD 1,250"),
+    ("Five Thousand Euros (EUR 5,000)", "€5,000"),
+    ("£12,500", "GBP 12,500"),
+    ("$2.5 million", "USD 2,500,000"),
+    ("March 1, 2025", "1 March 2025"),
+    ("the 1st day of March, 2025", "2025-03-01"),
+    ("03/01/2025", "1 March 2025"),  # numeric dates are read in US order (month/day/year)
+    ("1st March 2025", "March 1st, 2025"),
+    ("one and one-half percent (1.5%)", "1.5%"),
+    ("10 percent", "ten percent (10%)"),
+    ("twelve (12) months", "12 months"),
+    ("ten (10) business days", "10 working days"),
+])
+def test_same_fact_written_differently_is_the_same_fact(a, b):
+    assert facts.fact_keys(a) == facts.fact_keys(b) != set()
+    assert facts.fact_present(b, f"The summary says {a} here.")
+
+
+@pytest.mark.parametrize("fact, text", [
+    ("30 days", "within 30 business days"),      # business days are not days
+    ("USD 1,250", "EUR 1,250"),                  # the currency is part of the fact
+    ("USD 1,250", "USD 12,500"),
+    ("1 March 2025", "3 January 2025"),
+    ("7 days", "17 days"),
+    ("1.5%", "15%"),
+    ("12 months", "12 weeks"),
+    ("Acme Corp", "Acme Corporation Holdings"),  # names must be copied, not paraphrased
+])
+def test_different_facts_do_not_match(fact, text):
+    assert not facts.fact_present(fact, text)
+
+
+def test_names_and_places_ignore_case_and_punctuation():
+    assert facts.fact_present("Acme Corp.", "ACME CORP must pay")
+    assert facts.fact_present("England and Wales", "the law of england and wales applies")
+    assert not facts.fact_present("York", "the State of New Yorkshire")
+
+
+def test_words_to_number():
+    assert facts.words_to_number("one hundred twenty") == 120
+    assert facts.words_to_number("thirty-five") == 35
+    assert facts.words_to_number("one and one-half") == 1.5
+    assert facts.words_to_number("two million five hundred thousand") == 2_500_000
+    assert facts.words_to_number("party") is None
+
+
+def test_spelled_numbers_only_count_before_a_unit():
+    # "one of the parties" is not the number 1 (it would be flagged as invented otherwise)
+    assert facts.invented_facts("One of the parties may end it with 30 days notice.", "thirty (30) days") == []
+
+
+def test_fact_recall_counts_each_fact():
+    row_facts = ["Acme Corp", "Beta LLC", "USD 1,250", "30 days"]
+    assert facts.fact_recall("Acme Corp must pay Beta LLC $1,250.00 within thirty days.", row_facts) == 1.0
+    assert facts.fact_recall("Acme Corp must pay Beta LLC within 30 days.", row_facts) == 0.75
+    assert facts.fact_recall("Nothing relevant.", row_facts) == 0.0
+
+
+# ------------------------------------------------------------------------------------------ invented facts
+CLAUSE = ('Acme Corp. (the "Supplier") shall invoice Beta LLC (the "Customer") $1,250.00 per month, payable '
+          "within thirty (30) days, starting on the 1st day of March, 2025, pursuant to Section 4.2.")
+
+
+def test_a_faithful_normalized_summary_invents_nothing():
+    assert facts.invented_facts("Beta LLC must pay Acme Corp USD 1,250 a month within 30 days from 1 March 2025 "
+                                "(Section 4.2).", CLAUSE) == []
+
+
+@pytest.mark.parametrize("summary, invented", [
+    ("Beta LLC must pay USD 1,500 a month.", "USD 1,500"),          # changed amount
+    ("Beta LLC must pay EUR 1,250 a month.", "EUR 1,250"),          # changed currency
+    ("Beta LLC must pay within 45 days.", "45 days"),               # changed period
+    ("Payments start on 1 April 2025.", "1 April 2025"),            # changed date
+    ("Late payments carry 2% interest.", "2%"),                     # a rate the clause never states
+    ("Beta LLC must pay Gamma Holdings Inc. monthly.", "Gamma Holdings Inc."),  # a party that is not there
+    ("Beta LLC must pay under Section 7.", "7"),                    # a bare number that is not there
+])
+def test_invented_facts_are_found(summary, invented):
+    assert invented in facts.invented_facts(summary, CLAUSE)
+
+
+def test_score_reports_every_metric():
+    rows = [{"clause": CLAUSE, "summary": "Beta LLC must pay Acme Corp USD 1,250 a month within 30 days.",
+             "facts": ["Beta LLC", "Acme Corp", "USD 1,250", "30 days"]}]
+    good = facts.score(["Beta LLC must pay Acme Corp USD 1,250 a month within 30 days."], rows)
+    bad = facts.score(["Beta LLC pays USD 9,999."], rows)
+    assert good["fact_recall"] == 1.0 and good["invented_rate"] == 0.0 and good["rougeL"] == pytest.approx(1.0)
+    assert bad["fact_recall"] == 0.25 and bad["invented_rate"] == 1.0 and bad["rougeL"] < 0.5
+    assert good["summary_words"] == 13
+
+
+# ------------------------------------------------------------------------------------------ data
+def _args(**kw):
+    from types import SimpleNamespace
+
+    base = dict(templates_file="usecase-legal/data/templates.yaml", train_per_template=2, valid_per_template=1,
+                test_per_template=1, style_shift_file="usecase-legal/data/style_shift.jsonl",
+                handwritten_file="usecase-legal/data/handwritten.jsonl", train_file=None, validation_file=None,
+                test_file=None, clause_field="clause", summary_field="summary", facts_field="facts",
+                max_eval_rows=None)
+    return SimpleNamespace(**{**base, **kw})
+
+
+def test_generated_data_is_deterministic_varied_and_held_out():
+    a, b = prepare.build_splits(_args(), seed=0), prepare.build_splits(_args(), seed=0)
+    assert a == b
+    assert len({r["type"] for r in a["train"]}) >= 12
+    sources = {s: {r["source"] for r in a[s]} for s in ("train", "valid", "test")}
+    assert not sources["train"] & sources["test"] and not sources["train"] & sources["valid"]
+    def parties(rows):
+        return {f for r in rows for f in r["facts"] if re.search(r"(Inc\.|LLC|Ltd|Corp\.|GmbH|plc|B\.V\.|LLP)$", f)}
+
+    assert parties(a["test"]) and not parties(a["train"]) & parties(a["test"])  # held-out party names
+    assert len(a["style_shift"]) >= 20 and len(a["handwritten"]) == 3
+    # the facts are written in varied legal forms in the clauses, normalized in the summaries
+    clauses = " ".join(r["clause"] for r in a["train"])
+    assert "(30) days" in clauses or "(60) days" in clauses or "(90) days" in clauses
+    assert all(facts.fact_recall(r["summary"], r["facts"]) == 1.0 for r in a["train"])
+
+
+def test_bad_rows_name_file_and_row(tmp_path):
+    bad = tmp_path / "mine.jsonl"
+    bad.write_text(json.dumps({"clause": "Pay $5 within 3 days.", "summary": "Pay USD 5 within 3 days."}) + "\n"
+                   + json.dumps({"clause": "Pay $5.", "summary": ""}) + "\n"
+                   + json.dumps({"clause": "Pay $5.", "summary": "Pay USD 6.", "facts": ["USD 6"]}) + "\n")
+    with pytest.raises(DataError) as e:
+        prepare.read_user_rows(str(bad))
+    msg = str(e.value)
+    assert f"{bad}, row 2: missing or empty 'summary'" in msg
+    assert f"{bad}, row 3: key fact(s) ['USD 6'] not found in the clause" in msg
+    assert "row 1" not in msg
+
+
+def test_user_csv_with_semicolon_facts_and_derived_facts(tmp_path):
+    csv_file = tmp_path / "mine.csv"
+    csv_file.write_text('clause,summary,facts\n"Acme Ltd may end this on ninety (90) days notice.",'
+                        '"Acme Ltd can end it with 90 days notice.","Acme Ltd; 90 days"\n'
+                        '"Pay EUR 300 by 2 May 2026.","Pay EUR 300 by 2 May 2026.",\n')
+    rows = prepare.read_user_rows(str(csv_file))
+    assert rows[0]["facts"] == ["Acme Ltd", "90 days"]
+    assert set(rows[1]["facts"]) == {"EUR 300", "2 May 2026"}  # no facts column value: taken from the summary
+
+
+def test_hub_style_field_mapping(tmp_path):
+    f = tmp_path / "hub.jsonl"
+    f.write_text(json.dumps({"document": "Rent is $900 a month.", "tldr": "Rent is USD 900 a month."}) + "\n")
+    rows = prepare.read_user_rows(str(f), clause_field="document", summary_field="tldr")
+    assert rows[0]["clause"] == "Rent is $900 a month." and rows[0]["facts"] == ["USD 900"]
+
+
+def test_template_with_unknown_slot_is_refused(tmp_path):
+    bad = tmp_path / "t.yaml"
+    bad.write_text("termination:\n  train: [{clause: 'x {nope}', summary: 'y'}]\n  valid: [{clause: a, summary: b}]\n"
+                   "  test: [{clause: a, summary: b}]\n")
+    with pytest.raises(DataError, match=r"termination.train\[0\]: unknown slot\(s\) \['nope'\]"):
+        prepare.read_templates(bad)
+
+
+# ------------------------------------------------------------------------------------------ predict.py
+CONTRACT = """SERVICES AGREEMENT
+
+1. TERM
+This Agreement runs for twelve (12) months from March 1, 2026.
+
+2. PAYMENT
+The Customer shall pay $1,250.00 within thirty (30) days of each invoice.
+
+ARTICLE 3 - TERMINATION
+3.1 Either party may terminate on sixty (60) days written notice.
+3.2 The laws of the State of New York govern this Agreement.
+"""
+
+
+def test_contract_is_split_at_numbered_sections_and_headings():
+    clauses = predict.split_clauses(CONTRACT)
+    assert len(clauses) == 4  # the title line joins the first clause, as the article heading joins 3.1
+    assert clauses[0].startswith("SERVICES AGREEMENT 1. TERM This Agreement runs")
+    assert clauses[2].startswith("ARTICLE 3 - TERMINATION 3.1") and clauses[3].startswith("3.2 The laws")
+    assert predict.split_clauses("One clause, no structure, thirty (30) days.") == [
+        "One clause, no structure, thirty (30) days."]
+
+
+def test_long_clause_is_chunked_with_bounded_pieces():
+    pieces = predict.split_clauses(" ".join(["The Supplier shall deliver the goods."] * 200))
+    assert len(pieces) > 1 and all(len(p.split()) <= predict.MAX_CLAUSE_WORDS for p in pieces)
+
+
+def test_json_output_is_only_json(tmp_path, capsys):
+    f = tmp_path / "contract.txt"
+    f.write_text(CONTRACT)
+    predict.main(["--model_dir", "tiny-random-smollm2", "--input", str(f), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert [set(item) for item in out] == [{"clause", "summary"}] * 4
+
+
+def test_readable_output_ends_with_not_legal_advice(tmp_path, capsys):
+    f = tmp_path / "clause.txt"
+    f.write_text("Either party may terminate on thirty (30) days notice.")
+    predict.main(["--model_dir", "tiny-random-smollm2", "--input", str(f)])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert "1 clause(s)" in lines[0] and lines[-1].startswith("Not legal advice")
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "the input is empty"),
+    (b"  \n\n ", "the input is empty"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "binary file"),
+    (b"caf\xe9 clause", "not UTF-8"),
+    (b"Either party may terminate. " * 40_000, "more than --max_bytes"),  # ~1.1 MB
+])
+def test_bad_input_is_a_clear_error_before_any_model_loads(tmp_path, content, message):
+    f = tmp_path / "input.txt"
+    f.write_bytes(content)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    # a model folder that does not exist: the input check must stop the run first
+    proc = subprocess.run([sys.executable, RECIPE / "predict.py", "--model_dir", tmp_path / "no-model", "--input", f],
+                          cwd=REPO, capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stdout == ""
+
+
+def test_too_many_clauses_is_refused(tmp_path):
+    f = tmp_path / "big.txt"
+    f.write_text("\n".join(f"{i}. Clause number {i} applies." for i in range(1, 100)))
+    with pytest.raises(DataError, match="99 clauses, more than --max_clauses 60"):
+        predict.main(["--model_dir", str(tmp_path / "no-model"), "--input", str(f)])
