@@ -150,12 +150,19 @@ def _prompt_completion_problem(row: dict) -> str | None:
     return _check_text_or_messages(row, "prompt", False) or _check_text_or_messages(row, "completion", True)
 
 
+def _text_of(value) -> str:
+    """The text of a string or of a message list (contents joined), whitespace collapsed, for comparisons."""
+    if isinstance(value, list):
+        value = "\n".join(str(m.get("content", "")) for m in value if isinstance(m, dict))
+    return " ".join(str(value).split())
+
+
 def _preference_problem(row: dict) -> str | None:
     for field, as_answer in (("prompt", False), ("chosen", True), ("rejected", True)):
         err = _check_text_or_messages(row, field, as_answer)
         if err:
             return err
-    if row["chosen"] == row["rejected"]:
+    if row["chosen"] == row["rejected"] or _text_of(row["chosen"]) == _text_of(row["rejected"]):
         return "'chosen' and 'rejected' are identical"
     return None
 
@@ -188,6 +195,38 @@ def validate_rows(rows: Iterable[dict], schema: str, source: str, skip_invalid: 
     if not valid:
         raise DataValidationError(f"{source}: no valid rows for schema '{schema}'")
     return valid, len(problems)
+
+
+def prompt_key(prompt) -> str:
+    """A prompt's identity across splits: its user turns' text (string prompts as they are), case and whitespace
+    folded -- the same question under another system prompt is still the same question."""
+    if isinstance(prompt, list):
+        prompt = [m for m in prompt if isinstance(m, dict) and m.get("role") == "user"] or prompt
+    return _text_of(prompt).lower()
+
+
+def check_disjoint_prompts(splits: dict[str, tuple[str, list[dict]]]) -> None:
+    """No prompt may appear in two splits (a held-out score on a trained prompt measures memory, not skill).
+
+    ``splits`` maps a split name to ``(source, rows)``; rows hold a ``prompt``. Raises
+    :class:`DataValidationError` naming both files and rows of the first repeats, e.g.
+    ``data/test.jsonl, row 3: prompt already in data/train.jsonl, row 12 ('What is ...')``.
+    """
+    seen: dict[str, tuple[str, str, int]] = {}
+    problems = []
+    for name, (source, rows) in splits.items():
+        for i, row in enumerate(rows, start=1):
+            key = prompt_key(row.get("prompt", ""))
+            first = seen.get(key)
+            if first and first[0] != name:
+                problems.append(f"{source}, row {i}: prompt already in the {first[0]} split ({first[1]}, row "
+                                f"{first[2]}): {key[:60]!r}")
+            elif not first:
+                seen[key] = (name, source, i)
+    if problems:
+        listed = "\n  ".join(problems[:MAX_LISTED])
+        more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+        raise DataValidationError(f"{len(problems)} prompt(s) repeated across splits:\n  {listed}{more}")
 
 
 def load_dataset_validated(source: str | Path, schema: str, skip_invalid: bool = False,

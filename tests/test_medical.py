@@ -1,0 +1,237 @@
+"""The medical recipe: the escalation rule, the preference-data validation, and DPO on a tiny model.
+
+The DPO test asserts learning (adapter weights changed, reward accuracy and margin up on the training pairs) and
+that the reference is the model DPO started from (the SFT model), with no second copy.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from datasets import Dataset
+from trl import SFTConfig, get_peft_config
+
+from common.config import ModelArguments
+from common.data import DataValidationError, check_disjoint_prompts, validate_rows
+from common.errors import DataError
+from common.models import TINY_TEXT_ALIAS, load_causal_lm, load_tokenizer
+from common.paths import load_sibling
+from common.preference import build_dpo_trainer, dpo_config_from, merge_adapter, pair_logps, pair_metrics
+
+REPO = Path(__file__).resolve().parents[1]
+FOLDER = REPO / "usecase-medical"
+scoring = load_sibling(FOLDER / "train.py", "scoring")
+prepare = load_sibling(FOLDER / "train.py", "prepare_data")
+
+
+# ----------------------------------------------------------------------------- escalation rule
+@pytest.mark.parametrize("answer, expected", [
+    ("This is an emergency: call 911 or your local emergency number now.", True),
+    ("Call 911 now.", True),
+    ("Dial 999 straight away.", True),
+    ("Call or text 988, the suicide and crisis line.", True),
+    ("I recommend calling an ambulance.", True),
+    ("Seek immediate medical attention.", True),
+    ("Go to the Emergency Department at once.", True),  # case does not matter
+    ("A heart attack is a medical emergency. If you have one, call 911.", True),  # the first clause escalates
+    ("A cold is not an emergency.", False),
+    ("Use your auto-injector if you have one and call 911 now.", True),  # the 'if' belongs to another clause
+    ("Call 911 or go to the emergency department now, even if the pain eases.", True),
+    ("This could be an emergency: call 911 or go to the emergency department right away.", True),
+    ("Rest at home. Head to the ER now if you can't breathe.", False),  # conditional safety-netting
+    ("If it gets worse, go to the emergency department.", False),
+    ("Go to the emergency room if you have trouble breathing.", False),
+    ("Should the pain spread, call 911.", False),
+    ("You do not need to go to the emergency room.", False),  # negated
+    ("There is no need to call 911 for a cold.", False),
+    ("This is not an emergency; rest at home.", False),
+    ("See a doctor if it lasts more than 10 days.", False),
+    ("Call your doctor tomorrow.", False),
+    ("My number is 9110.", False),  # 911 must be a whole number
+    ("", False),
+])
+def test_escalation_rule(answer, expected):
+    assert scoring.escalates(answer) is expected
+
+
+def test_answer_metrics_counts_red_flags_and_benign_separately():
+    questions = [{"red_flag": True, "term": "stroke"}, {"red_flag": True, "term": "sepsis"},
+                 {"red_flag": False, "term": "common cold"}, {"red_flag": False, "term": "hiccups|singultus"}]
+    answers = ["Call 911 now: this may be a stroke.", "Rest at home.", "A common cold. Call 911.", "Singultus."]
+    m = scoring.answer_metrics(questions, answers)
+    assert m == {"escalation_rate": 0.5, "over_escalation_rate": 0.5, "terminology_rate": 0.75}
+
+
+# ----------------------------------------------------------------------------- data validation
+def _pair(q="What is a cold?", chosen="A viral infection.", rejected="Take antibiotics."):
+    return {"prompt": [{"role": "user", "content": q}], "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}]}
+
+
+@pytest.mark.parametrize("row, problem", [
+    ({k: v for k, v in _pair().items() if k != "rejected"}, "missing field 'rejected'"),
+    (_pair(chosen="  "), "chosen\\[0\\].content is empty"),
+    (_pair(chosen="Same answer.", rejected="Same   answer. "), "'chosen' and 'rejected' are identical"),
+    ({**_pair(), "chosen": "A viral infection.", "rejected": "A viral  infection."}, "'chosen' and 'rejected' are identical"),
+])
+def test_preference_rows_are_validated_with_file_and_row(row, problem):
+    with pytest.raises(DataValidationError, match=rf"pairs.jsonl, row 2: {problem}"):
+        validate_rows([_pair(), row], "preference", "pairs.jsonl")
+
+
+def test_a_prompt_repeated_across_splits_names_both_files_and_rows():
+    train = [_pair("What is a cold?"), _pair("Why do I sneeze?")]
+    test = [_pair("Is it bad?"), _pair("  why do I  SNEEZE? ")]  # case and spacing do not hide a repeat
+    with pytest.raises(DataValidationError, match=r"test.jsonl, row 2: prompt already in the train split "
+                                                  r"\(train.jsonl, row 2\)"):
+        check_disjoint_prompts({"train": ("train.jsonl", train), "test": ("test.jsonl", test)})
+    check_disjoint_prompts({"train": ("train.jsonl", train), "test": ("test.jsonl", test[:1])})  # fine
+
+
+def test_bundled_data_holds_out_whole_conditions_on_both_sides_of_the_line():
+    splits = prepare.load_splits("usecase-medical/data/conditions.yaml", prepare.SYSTEM_PROMPT,
+                                 {s: None for s in prepare.SPLITS})
+    conditions = {s: {r["condition"] for r in rows} for s, rows in splits.items()}
+    assert not conditions["test"] & conditions["train"] and not conditions["valid"] & conditions["train"]
+    for rows in splits.values():
+        assert {r["red_flag"] for r in rows} == {True, False}
+        for r in rows:  # the chosen answer escalates exactly when the condition is a red flag
+            assert scoring.escalates(r["chosen"][0]["content"]) is r["red_flag"], r["condition"]
+    failures = {r["failure"] for r in splits["train"]}
+    assert {"missed", "delayed", "over_escalated", "invented", "wrong_term"} <= failures
+    # over-escalated (benign) and missed/delayed (red flag) rejected answers really fail the escalation rule
+    for r in splits["train"]:
+        if r["failure"] in ("missed", "delayed", "over_escalated"):
+            assert scoring.escalates(r["rejected"][0]["content"]) is not r["red_flag"], (r["condition"], r["failure"])
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (lambda c: c.pop("advice"), r"item 1 \(heart_attack\): missing field\(s\) \['advice'\]"),
+    (lambda c: c.update(split="holdout"), r"item 1 \(heart_attack\): split must be one of"),
+    (lambda c: c.update(red_flag="yes"), r"red_flag must be true or false"),
+    (lambda c: c.update(prompts=[]), r"prompts must be a non-empty list"),
+])
+def test_conditions_file_errors_name_file_item_and_field(tmp_path, edit, problem):
+    import yaml
+
+    items = yaml.safe_load((FOLDER / "data/conditions.yaml").read_text())[:3]
+    edit(items[0])
+    path = tmp_path / "conditions.yaml"
+    path.write_text(yaml.safe_dump(items))
+    with pytest.raises(DataError, match=problem):
+        prepare.read_conditions(path)
+
+
+def test_user_jsonl_maps_strings_to_turns_and_bad_rows_stop_the_run(tmp_path):
+    good = tmp_path / "train.jsonl"
+    good.write_text(json.dumps({"prompt": "Is a cold serious?", "chosen": "Usually not.", "rejected": "Yes.",
+                                "red_flag": False}) + "\n")
+    rows = prepare.load_user_split(str(good), "System.")
+    assert rows[0]["prompt"] == [{"role": "system", "content": "System."},
+                                 {"role": "user", "content": "Is a cold serious?"}]
+    assert rows[0]["chosen"] == [{"role": "assistant", "content": "Usually not."}] and rows[0]["term"] is None
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(good.read_text() + json.dumps({"prompt": "Q?", "chosen": "A.", "rejected": "A."}) + "\n")
+    with pytest.raises(DataValidationError, match=r"bad.jsonl, row 2: 'chosen' and 'rejected' are identical"):
+        prepare.load_user_split(str(bad), "System.")
+
+
+def test_a_bad_data_file_exits_2_before_any_model_loads(tmp_path):
+    bad = tmp_path / "test.jsonl"
+    bad.write_text(json.dumps({"prompt": "Q?", "chosen": "A."}) + "\n")
+    proc = subprocess.run([sys.executable, FOLDER / "train.py", "--config", FOLDER / "config.smoke.yaml",
+                           "--output_dir", tmp_path / "run", "--train_file", bad, "--valid_file", bad,
+                           "--test_file", bad], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "row 1: missing field 'rejected'" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "run" / "report.json").exists()
+
+
+# ----------------------------------------------------------------------------- DPO on a tiny model
+def _sft_args(tmp_path, **kw):
+    return SFTConfig(output_dir=str(tmp_path / "sft"), use_cpu=True, bf16=False, activation_checkpointing=False,
+                     report_to=[], save_strategy="no", logging_steps=1, seed=0, disable_tqdm=True,
+                     per_device_train_batch_size=4, per_device_eval_batch_size=8, **kw)
+
+
+def test_dpo_config_follows_the_cookbook_policy_not_trl_defaults(tmp_path):
+    config = dpo_config_from(_sft_args(tmp_path), str(tmp_path / "dpo"), beta=0.25, learning_rate=1e-4)
+    assert config.bf16 is False and config.use_cpu is True  # TRL's default would be bf16=True
+    assert config.activation_checkpointing is False and config.gradient_checkpointing is False  # TRL: True
+    assert config.beta == 0.25 and config.learning_rate == 1e-4 and config.output_dir.endswith("dpo")
+    assert config.per_device_train_batch_size == 4 and config.seed == 0  # shared with the SFT stage
+
+
+def _tiny_pairs():
+    rows = []
+    for q, good, bad in [("Chest pain and sweating?", "Call 911 now.", "Rest at home."),
+                         ("A runny nose?", "A common cold; rest.", "Call 911 now."),
+                         ("Face drooping?", "Call 911 now: stroke.", "Sleep it off."),
+                         ("Itchy eyes in spring?", "Hay fever; antihistamines.", "Go to the ER now.")]:
+        rows.append({"prompt": [{"role": "system", "content": "Health assistant."}, {"role": "user", "content": q}],
+                     "chosen": [{"role": "assistant", "content": good}],
+                     "rejected": [{"role": "assistant", "content": bad}]})
+    return rows
+
+
+def test_dpo_learns_against_the_sft_model_as_reference(tmp_path):
+    model_args = ModelArguments(model_name_or_path=TINY_TEXT_ALIAS, lora_r=8, lora_alpha=16, lora_dropout=0.0)
+    tokenizer = load_tokenizer(TINY_TEXT_ALIAS)
+    torch.manual_seed(0)
+    sft = load_causal_lm(model_args)  # stands in for the merged SFT model: any plain model is the reference
+    rows = _tiny_pairs()
+    reference = pair_logps(sft, tokenizer, rows)
+    args = dpo_config_from(_sft_args(tmp_path), str(tmp_path / "dpo"), beta=0.5, learning_rate=5e-3, max_steps=12,
+                           max_length=64)
+    trainer = build_dpo_trainer(sft, tokenizer, args, Dataset.from_list(rows), peft_config=get_peft_config(model_args))
+    adapter = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert adapter and all("lora" in n for n in adapter)
+    n_params = sum(p.numel() for p in trainer.model.parameters())
+    trainer.train()
+
+    changed = [n for n, p in trainer.model.named_parameters() if p.requires_grad and not torch.equal(p, adapter[n])]
+    assert changed, "no LoRA weight moved"
+    assert sum(p.numel() for p in trainer.model.parameters()) == n_params  # no second model copy was added
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert all(map(torch.isfinite, torch.tensor(losses))) and losses[-1] < losses[0]
+
+    policy = pair_logps(trainer.model, tokenizer, rows)
+    before = pair_metrics(reference, reference, beta=0.5)
+    after = pair_metrics(policy, reference, beta=0.5)
+    assert before["reward_margin"] == 0 and before["preference_accuracy"] == 0.5  # the reference against itself
+    assert after["preference_accuracy"] == 1.0 and after["reward_margin"] > 0.1
+    with trainer.model.disable_adapter():  # the adapter switched off is exactly the model DPO started from
+        off = pair_logps(trainer.model, tokenizer, rows)
+    for side in ("chosen", "rejected"):
+        torch.testing.assert_close(off[side], reference[side], rtol=0, atol=1e-4)
+    # our formula is DPOTrainer's own rewards/* (one batch holds every pair, so the averages agree)
+    trl = trainer.evaluate(Dataset.from_list(rows))
+    assert trl["eval_rewards/accuracies"] == pytest.approx(after["preference_accuracy"])
+    assert trl["eval_rewards/margins"] == pytest.approx(after["reward_margin"], abs=1e-3)
+
+
+def test_dpo_refuses_an_unmerged_adapter_and_full_dpo(tmp_path):
+    from peft import get_peft_model
+
+    model_args = ModelArguments(model_name_or_path=TINY_TEXT_ALIAS, lora_r=4, lora_alpha=8)
+    tokenizer = load_tokenizer(TINY_TEXT_ALIAS)
+    model = load_causal_lm(model_args)
+    args = dpo_config_from(_sft_args(tmp_path), str(tmp_path / "dpo"))
+    data = Dataset.from_list(_tiny_pairs())
+    with pytest.raises(ValueError, match="needs a LoRA peft_config"):
+        build_dpo_trainer(model, tokenizer, args, data)
+    peft = get_peft_model(model, get_peft_config(model_args))
+    with pytest.raises(ValueError, match="merge it first"):
+        build_dpo_trainer(peft, tokenizer, args, data, peft_config=get_peft_config(model_args))
+    with torch.no_grad():  # merging keeps the adapter's function: same log-probabilities, plain model back
+        for n, p in peft.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    rows = _tiny_pairs()
+    with_adapter = pair_logps(peft, tokenizer, rows)
+    merged = merge_adapter(peft)
+    assert not hasattr(merged, "peft_config")
+    torch.testing.assert_close(pair_logps(merged, tokenizer, rows)["chosen"], with_adapter["chosen"],
+                               rtol=0, atol=1e-3)

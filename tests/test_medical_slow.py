@@ -1,0 +1,45 @@
+"""The main job, for real: the default medical config (SFT, then DPO) on the embedded SmolLM2-135M-Instruct.
+
+Asserts on the held-out conditions what the committed default run measured (usecase-medical/results/report.json:
+preference accuracy 0% -> SFT 50% -> DPO 93.9%, validation 84.7%; reward margin 4.87; escalation 0% -> 38.9% -> 0%,
+over-escalation 0% -> 20% -> 0%; retention 79.4%), with some slack: DPO's preference accuracy >= 90% and far above
+the base model's, a positive reward margin against the SFT reference, generated answers better than SFT alone on
+escalation or over-escalation, general-knowledge retention >= 75%, both stages within the issue's 20 minutes of
+training (on a quiet 2-core machine), a faithful merge, and that chat.py answers one question and ends with the
+not-medical-advice line.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_default_medical_run_meets_targets(tmp_path):
+    run = tmp_path / "medical"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    subprocess.run([sys.executable, "usecase-medical/train.py", "--output_dir", str(run)], cwd=REPO, env=env,
+                   check=True, timeout=5400)
+    report = json.loads((run / "report.json").read_text())
+    before, sft, after = report["metrics"]["before"], report["metrics_sft"], report["metrics"]["after"]
+    print(json.dumps({"before": before, "sft": sft, "after": after, "train": report["train"]}, indent=1))
+    assert after["preference_accuracy"] >= 0.9
+    assert after["preference_accuracy"] - before["preference_accuracy"] >= 0.3
+    assert report["metrics_validation"]["after"]["preference_accuracy"] >= 0.8
+    assert after["reward_margin"] > 0.5 and sft["reward_margin"] == 0
+    assert after["escalation_rate"] >= sft["escalation_rate"] or after["over_escalation_rate"] < sft[
+        "over_escalation_rate"]
+    assert after["general_retention"] >= 0.75
+    assert report["train"]["seconds"] <= 20 * 60
+    assert report["train"]["merge_max_abs_logit_diff"] < 1e-3
+
+    answer = subprocess.run([sys.executable, "usecase-medical/chat.py", "--model_dir", str(run), "--question",
+                             "My lips are swelling after eating peanuts and my throat feels tight."], cwd=REPO,
+                            env=env, check=True, capture_output=True, text=True, timeout=600).stdout.strip()
+    assert answer.splitlines()[-1].lower().count("not medical advice") == 1 and len(answer.splitlines()) >= 2
