@@ -4,7 +4,7 @@
 #   make test-ci     the real-model CI tier of every recipe: a reduced run of the embedded model must beat the
 #                    base model on held-out data (<= 5 min per recipe on 2 cores)
 #   make test-bf16   the tiny-model recipe and trainer tests again under bf16 autocast (the GPU / AMX path)
-#   make test-slow   the full default run of every recipe (~25 min for two recipes on 2 cores); commit results/
+#   make test-slow   the full default run of every recipe (~10-20 min each on 2 cores); commit results/
 #   make bench       the cookbook's trainers vs plain TRL / timm on the same data (runs/bench/bench.json)
 
 PYTHON ?= python3

@@ -10,7 +10,7 @@ from common.cli import readme_tables
 from common.paths import machine_paths
 
 REPO = Path(__file__).resolve().parents[1]
-REPORTS = sorted(REPO.glob("usecase-*/results/*.json")) + sorted(REPO.glob("usecase-*/results/*.jsonl"))
+REPORTS = sorted(REPO.glob("usecase-*/results/**/*.json")) + sorted(REPO.glob("usecase-*/results/**/*.jsonl"))
 
 
 def test_every_usecase_readme_shows_a_generated_results_table():

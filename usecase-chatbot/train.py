@@ -42,7 +42,7 @@ class ChatbotArguments:
     general_questions_file: str = "usecase-chatbot/data/general_knowledge.yaml"
     general_other_file: str | None = "usecase-chatbot/data/general_other.yaml"  # other question shapes (test)
     general_other_valid_file: str | None = "usecase-chatbot/data/general_other_valid.yaml"  # ... (validation)
-    unanswerable_file: str | None = "usecase-chatbot/data/unanswerable.yaml"  # questions to decline; None: off
+    unanswerable_file: str | None = None  # questions to decline (data/unanswerable.yaml); None: off (default)
     max_unanswerable: int | None = None  # the first N unanswerable questions of each split (None: all)
     replay_questions_file: str | None = "usecase-chatbot/data/replay_questions.yaml"  # None: no replay
     num_replay_questions: int | None = None  # the first N replay questions (None: all)
