@@ -324,3 +324,32 @@ def load_trained_causal_lm(model_dir: str | Path, dtype: torch.dtype | None = No
     else:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, use_safetensors=True)
     return model.eval(), tokenizer
+
+
+def load_for_inference(model_dir: str, prefer_merged: bool = False):
+    """``(model, tokenizer, settings)`` for a chat/predict script: a run folder written by a recipe's train.py
+    (its ``inference.json`` settings, e.g. the system prompt, are returned as a dict), or a model name.
+
+    ``prefer_merged`` loads ``model_dir/merged`` when it exists (a run whose adapter sits on merged weights).
+    Raises :class:`ModelPathError` naming the folder for a missing, empty or corrupt run, or bad settings.
+    """
+    import json
+
+    path = Path(model_dir)
+    settings_file = next((p / "inference.json" for p in (path, path.parent) if (p / "inference.json").exists()), None)
+    try:
+        settings = json.loads(settings_file.read_text()) if settings_file else {}
+    except ValueError:
+        raise ModelPathError(f"{settings_file}: not valid JSON; re-run train.py or pass another run folder") from None
+    if prefer_merged and (path / "merged").is_dir():
+        path = path / "merged"
+    if path.exists() or looks_like_path(model_dir):
+        return (*load_trained_causal_lm(path), settings)  # missing / empty / corrupt: ModelPathError
+    from transformers import AutoModelForCausalLM  # a model name: embedded alias or hub id
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(resolve_model(model_dir), use_safetensors=True).eval()
+    except OSError as e:
+        raise ModelPathError(f"{model_dir}: not a run folder, an embedded alias or a hub model found here "
+                             f"({str(e).splitlines()[0]}); pass train.py's --output_dir") from None
+    return model, load_tokenizer(model_dir), settings

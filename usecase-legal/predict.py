@@ -28,7 +28,7 @@ from pathlib import Path
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 warnings.filterwarnings("ignore", category=FutureWarning)
 
-from common.errors import ConfigError, DataError, ModelPathError, run_main  # noqa: E402
+from common.errors import ConfigError, DataError, run_main  # noqa: E402
 from common.paths import load_sibling  # noqa: E402
 
 scoring = load_sibling(__file__, "scoring")
@@ -116,24 +116,13 @@ def chunk(clause: str, max_words: int = MAX_CLAUSE_WORDS) -> list[str]:
 
 def load(model_dir: str):
     """Model, tokenizer and inference settings (system prompt, summary length) saved by train.py."""
-    from common.models import load_tokenizer, load_trained_causal_lm, looks_like_path, resolve_model
+    from common.models import load_for_inference
 
-    path = Path(model_dir)
-    settings_file = next((p / "inference.json" for p in (path, path.parent) if (p / "inference.json").exists()), None)
-    try:
-        settings = json.loads(settings_file.read_text()) if settings_file else {}
-    except ValueError:
-        raise ModelPathError(f"{settings_file}: not valid JSON; re-run train.py or pass another run folder") from None
-    if path.exists() or looks_like_path(model_dir):
-        model, tokenizer = load_trained_causal_lm(path)
-    else:
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(resolve_model(model_dir), use_safetensors=True).eval()
-        tokenizer = load_tokenizer(model_dir)
+    model, tokenizer, settings = load_for_inference(model_dir)
     settings.setdefault("system_prompt", scoring.DEFAULT_SYSTEM)
     settings.setdefault("max_new_tokens", 112)
     return model, tokenizer, settings
+
 
 
 def main(argv: list[str] | None = None, stdin=None) -> None:

@@ -22,9 +22,9 @@ from pathlib import Path
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices; not for chat users
 
-from common.errors import ConfigError, ModelPathError, run_main  # noqa: E402
+from common.errors import ConfigError, run_main  # noqa: E402
 from common.evaluation import generate_chat  # noqa: E402
-from common.models import load_tokenizer, load_trained_causal_lm, looks_like_path, resolve_model  # noqa: E402
+from common.models import load_for_inference  # noqa: E402
 from common.paths import load_sibling  # noqa: E402
 
 scoring = load_sibling(__file__, "scoring")
@@ -33,27 +33,10 @@ DISCLAIMER = "General information from a tutorial model, not medical advice; in 
 
 
 def load(model_dir: str):
-    """Model, tokenizer and inference settings (system prompt, answer length) saved by train.py."""
-    path = Path(model_dir)
-    settings_file = next((p / "inference.json" for p in (path, path.parent) if (p / "inference.json").exists()), None)
-    try:
-        settings = json.loads(settings_file.read_text()) if settings_file else {}
-    except ValueError:
-        raise ModelPathError(f"{settings_file}: not valid JSON; re-run train.py or pass another run folder") from None
-    if (path / "merged").is_dir():
-        path = path / "merged"
-    if path.exists() or looks_like_path(model_dir):
-        model, tokenizer = load_trained_causal_lm(path)  # missing / empty / corrupt: ModelPathError
-    else:  # a model name: embedded alias or hub id
-        from transformers import AutoModelForCausalLM
+    """Model, tokenizer and inference settings (system prompt, answer length) saved by train.py; the DPO adapter
+    sits on the merged SFT weights (``merged/``)."""
+    return load_for_inference(model_dir, prefer_merged=True)
 
-        try:
-            model = AutoModelForCausalLM.from_pretrained(resolve_model(model_dir), use_safetensors=True).eval()
-        except OSError as e:
-            raise ModelPathError(f"{model_dir}: not a run folder, an embedded alias or a hub model found here "
-                                 f"({str(e).splitlines()[0]}); pass train.py's --output_dir") from None
-        tokenizer = load_tokenizer(model_dir)
-    return model, tokenizer, settings
 
 
 def ask(model, tokenizer, settings: dict, questions: list[str]) -> list[str]:
