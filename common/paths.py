@@ -81,3 +81,22 @@ def machine_paths(obj) -> list[str]:
     if isinstance(obj, (list, tuple)):
         return [s for v in obj for s in machine_paths(v)]
     return []
+
+
+def run_relative(path: str | os.PathLike, run_dir: str | os.PathLike) -> str:
+    """``path`` as written into a run's files: relative to the run folder when inside it, else to the repository
+    when inside it, else relative to the run folder through ``..`` -- never an absolute machine path."""
+    p, run = Path(path).resolve(), Path(run_dir).resolve()
+    for base in (run, REPO_ROOT):
+        if p.is_relative_to(base):
+            return p.relative_to(base).as_posix()
+    return Path(os.path.relpath(p, run)).as_posix()
+
+
+def resolve_run_path(path: str | os.PathLike, run_dir: str | os.PathLike) -> Path:
+    """The inverse of :func:`run_relative`: relative to the run folder if it exists there, else to the repository."""
+    p = Path(path)
+    if p.is_absolute():
+        return p
+    in_run = (Path(run_dir) / p).resolve()
+    return in_run if in_run.exists() else repo_path(p)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from common.errors import DataError, ModelPathError, run_main
-from common.paths import REPO_ROOT, load_sibling, repo_path
+from common.paths import load_sibling, repo_path, resolve_run_path, run_relative  # noqa: F401 (train.py uses it)
 from common.vision import IMAGE_EXTENSIONS, check_image, load_rgb
 from common.vision.cam import GradCAM, overlay
 from common.vision.multitask import TaskView, load_multitask, split_outputs
@@ -35,24 +34,6 @@ from common.vision.multitask import TaskView, load_multitask, split_outputs
 costs = load_sibling(__file__, "costs")
 estimate = load_sibling(__file__, "estimate")
 prepare_data = load_sibling(__file__, "prepare_data")
-
-
-def run_relative(path: str | os.PathLike, run_dir: str | os.PathLike) -> str:
-    """``path`` relative to the run folder when inside it, else to the repository, else through ``..``."""
-    p, run = Path(path).resolve(), Path(run_dir).resolve()
-    for base in (run, REPO_ROOT):
-        if p.is_relative_to(base):
-            return p.relative_to(base).as_posix()
-    return Path(os.path.relpath(p, run)).as_posix()
-
-
-def resolve_run_path(path: str | os.PathLike, run_dir: str | os.PathLike) -> Path:
-    """The inverse of :func:`run_relative`."""
-    p = Path(path)
-    if p.is_absolute():
-        return p
-    in_run = (Path(run_dir) / p).resolve()
-    return in_run if in_run.exists() else repo_path(p)
 
 
 def _conversion(path: Path) -> str | None:

@@ -15,35 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 import torch
 
 from common.errors import DataError, ModelPathError, run_main
-from common.paths import REPO_ROOT, repo_path
+from common.paths import repo_path, resolve_run_path, run_relative  # noqa: F401 (re-exported for train.py)
 from common.vision import IMAGE_EXTENSIONS, build_transforms, check_image, load_classifier, load_rgb
 from common.vision.cam import GradCAM, overlay
-
-
-def run_relative(path: str | os.PathLike, run_dir: str | os.PathLike) -> str:
-    """``path`` as written into a run's files: relative to the run folder when inside it, else to the repository
-    when inside it, else relative to the run folder through ``..`` -- never an absolute machine path."""
-    p, run = Path(path).resolve(), Path(run_dir).resolve()
-    for base in (run, REPO_ROOT):
-        if p.is_relative_to(base):
-            return p.relative_to(base).as_posix()
-    return Path(os.path.relpath(p, run)).as_posix()
-
-
-def resolve_run_path(path: str | os.PathLike, run_dir: str | os.PathLike) -> Path:
-    """The inverse of :func:`run_relative`: relative to the run folder if it exists there, else to the repository."""
-    p = Path(path)
-    if p.is_absolute():
-        return p
-    in_run = (Path(run_dir) / p).resolve()
-    return in_run if in_run.exists() else repo_path(p)
 
 
 def heatmap_names(images: list[Path], names: list[str] | None = None) -> list[str]:
