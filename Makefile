@@ -41,7 +41,7 @@ demo: setup
 	@cat $(RUN_DIR)/REPORT.md
 
 test: setup
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow and not ci" -q
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow and not ci" -q --durations=10
 
 test-ci: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m ci -q -s tests/test_ci_tier.py

@@ -1,6 +1,6 @@
 """The cookbook's trainers side by side with what a user would otherwise run: plain TRL and a plain timm loop.
 
-    make bench                                   # = python bench/trainers.py; ~10-20 min on 2 cores
+    make bench                                   # = python bench/trainers.py; ~3 min on 2 cores
     python bench/trainers.py --text_steps 6 --vision_steps 6
 
 Same model, same rows, same LoRA settings, same number of optimizer steps in every text case; each case runs in
@@ -11,6 +11,8 @@ its own process one after the other (nothing else should run meanwhile) so that 
       precision and gradient checkpointing; ``use_cpu=True``, which TRL needs on a CPU);
   (b) ``trl_fp32``: the same with fp32 and no gradient checkpointing;
   (c) ``cookbook``: ``common.train.build_sft_trainer`` with the hardware policy's precision;
+  (c') ``cookbook_dropout0``: the same with ``lora_dropout=0`` -- one speed lever: PEFT then skips the dropout of
+       every LoRA module's input (a full-size copy of the activations per module and step);
 - vision (EfficientNet-Lite0, embedded; the defects recipe's generated images at 128 px; full fine-tune; batch 32):
   (d) ``plain_vision``: a plain timm + PyTorch loop (AdamW, DataLoader defaults), fp32;
   (e) ``cookbook_vision``: ``common.vision.build_trainer`` (HF Trainer) with the policy's precision.
@@ -40,7 +42,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-TEXT_CASES = ("trl_default", "trl_fp32", "cookbook")
+TEXT_CASES = ("trl_default", "trl_fp32", "cookbook", "cookbook_dropout0")
 VISION_CASES = ("plain_vision", "cookbook_vision")
 
 
@@ -91,7 +93,8 @@ def run_text(case: str, steps: int) -> dict:
 
     batch = 8
     rows = _text_rows(batch * (steps + 1))
-    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
+    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0 if case == "cookbook_dropout0" else 0.05,
+                      target_modules="all-linear", task_type="CAUSAL_LM")
     common = dict(output_dir=str(REPO / "runs" / "bench" / case), per_device_train_batch_size=batch,
                   learning_rate=1e-3, max_steps=steps + 1, logging_steps=1, save_strategy="no", report_to=[],
                   max_length=256, seed=0, data_seed=0, disable_tqdm=True)
@@ -104,7 +107,7 @@ def run_text(case: str, steps: int) -> dict:
         args = SFTConfig(**common, **precision_defaults(), activation_checkpointing=False)
     tokenizer = load_tokenizer("smollm2-135m-instruct")
     timer = _step_timer()
-    if case == "cookbook":
+    if case.startswith("cookbook"):
         model = load_causal_lm(ModelArguments(model_name_or_path="smollm2-135m-instruct"))
         trainer = build_sft_trainer(model, tokenizer, args, rows, peft_config=lora)
     else:  # plain TRL: the model path as a user would pass it, loaded by TRL itself
@@ -235,7 +238,8 @@ def main(argv: list[str] | None = None) -> dict:
     report["ratios"] = {
         "cookbook_vs_trl_default": round(c["cookbook"]["tokens_per_s"] / c["trl_default"]["tokens_per_s"], 2),
         "cookbook_vs_trl_fp32": round(c["cookbook"]["tokens_per_s"] / c["trl_fp32"]["tokens_per_s"], 2),
-        "vision_vs_plain": round(c["cookbook_vision"]["images_per_s"] / c["plain_vision"]["images_per_s"], 2)}
+        "vision_vs_plain": round(c["cookbook_vision"]["images_per_s"] / c["plain_vision"]["images_per_s"], 2),
+        "lora_dropout0_vs_cookbook": round(c["cookbook_dropout0"]["tokens_per_s"] / c["cookbook"]["tokens_per_s"], 2)}
     for case in TEXT_CASES:
         peak = report["matmul_peak_gflops"][c[case]["precision"] if c[case]["precision"] != "fp16" else "fp32"]
         c[case]["share_of_matmul_peak"] = round(c[case]["achieved_gflops"] / peak, 3)
