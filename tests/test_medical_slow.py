@@ -1,11 +1,12 @@
 """The main job, for real: the default medical config (SFT, then DPO) on the embedded SmolLM2-135M-Instruct.
 
 Asserts on the held-out conditions what the committed default run measured (usecase-medical/results/report.json:
-preference accuracy 0% -> SFT 50% -> DPO 93.9%, validation 84.7%; reward margin 4.87; escalation 0% -> 38.9% -> 0%,
-over-escalation 0% -> 20% -> 0%; retention 79.4%), with some slack: DPO's preference accuracy >= 90% and far above
-the base model's, a positive reward margin against the SFT reference, generated answers better than SFT alone on
-escalation or over-escalation, general-knowledge retention >= 75%, both stages within the issue's 20 minutes of
-training (on a quiet 2-core machine), a faithful merge, and that chat.py answers one question and ends with the
+preference accuracy 0% -> SFT 50% -> DPO + SFT term 100%, validation 100%; reward margin 3.7; escalation
+0% -> 38.9% -> 50%, over-escalation 0% -> 20% -> 13.3%; retention 91.2%), with some slack: DPO's preference accuracy
+>= 90% and far above the base model's, a positive reward margin against the SFT reference and chosen answers not
+pushed far down (the SFT term), generated answers that escalate red flags more often than SFT alone without
+over-escalating more, general-knowledge retention >= 85%, both stages within the issue's 20 minutes of training (on
+a quiet 2-core machine), a faithful merge, and that chat.py answers one question and ends with the
 not-medical-advice line.
 """
 
@@ -32,10 +33,10 @@ def test_default_medical_run_meets_targets(tmp_path):
     assert after["preference_accuracy"] >= 0.9
     assert after["preference_accuracy"] - before["preference_accuracy"] >= 0.3
     assert report["metrics_validation"]["after"]["preference_accuracy"] >= 0.8
-    assert after["reward_margin"] > 0.5 and sft["reward_margin"] == 0
-    assert after["escalation_rate"] >= sft["escalation_rate"] or after["over_escalation_rate"] < sft[
-        "over_escalation_rate"]
-    assert after["general_retention"] >= 0.75
+    assert after["reward_margin"] > 0.5 and sft["reward_margin"] == 0 and after["reward_chosen"] > -2
+    assert after["escalation_rate"] > sft["escalation_rate"]
+    assert after["over_escalation_rate"] <= sft["over_escalation_rate"]
+    assert after["general_retention"] >= 0.85
     assert report["train"]["seconds"] <= 20 * 60
     assert report["train"]["merge_max_abs_logit_diff"] < 1e-3
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 from common.errors import ConfigError
 
 STAGES = ("all", "sft", "dpo")
+#: DPO loss types of TRL's DPOConfig this recipe has run; "sft" adds the chosen answers' NLL (the RPO recipe).
+DPO_LOSSES = ("sigmoid", "sft", "ipo", "hinge", "robust", "sigmoid_norm")
 
 
 def check_arguments(args, model_args, training_args) -> None:
@@ -22,6 +24,11 @@ def check_arguments(args, model_args, training_args) -> None:
     need(args.beta > 0, "beta", "> 0 (0.1 is DPO's usual value)", args.beta)
     need(args.dpo_learning_rate > 0, "dpo_learning_rate", "> 0", args.dpo_learning_rate)
     need(args.dpo_num_train_epochs > 0, "dpo_num_train_epochs", "> 0", args.dpo_num_train_epochs)
+    losses = args.dpo_loss_type or ["sigmoid"]
+    need(set(losses) <= set(DPO_LOSSES), "dpo_loss_type", f"a list of {', '.join(DPO_LOSSES)}", args.dpo_loss_type)
+    weights = args.dpo_loss_weights
+    need(weights is None or (len(weights) == len(losses) and all(w >= 0 for w in weights) and sum(weights) > 0),
+         "dpo_loss_weights", f"null or {len(losses)} weights >= 0 (one per dpo_loss_type), not all 0", weights)
     need(args.max_new_tokens >= 1, "max_new_tokens", ">= 1", args.max_new_tokens)
     need(args.general_max_new_tokens >= 1, "general_max_new_tokens", ">= 1", args.general_max_new_tokens)
     need(args.eval_batch_size >= 1, "eval_batch_size", ">= 1", args.eval_batch_size)

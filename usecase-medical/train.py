@@ -57,6 +57,8 @@ class MedicalArguments:
     dpo_learning_rate: float = 5e-4
     dpo_num_train_epochs: float = 2.0
     dpo_max_steps: int = -1  # > 0: stop DPO after this many steps (smoke runs)
+    dpo_loss_type: list[str] | None = None  # TRL DPOConfig.loss_type; None: TRL's ["sigmoid"] (plain DPO)
+    dpo_loss_weights: list[float] | None = None  # one weight per loss type, e.g. [1.0, 1.0] for ["sigmoid", "sft"]
     early_stopping_patience: int | None = None
     max_new_tokens: int = 72
     general_max_new_tokens: int = 48
@@ -130,7 +132,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     sft_model = merge_adapter(model)
     dpo_args = dpo_config_from(training_args, str(out / "dpo"), beta=args.beta, learning_rate=args.dpo_learning_rate,
                                num_train_epochs=args.dpo_num_train_epochs, max_steps=args.dpo_max_steps,
-                               max_length=training_args.max_length)
+                               max_length=training_args.max_length,
+                               **{k: v for k, v in {"loss_type": args.dpo_loss_type,
+                                                    "loss_weights": args.dpo_loss_weights}.items() if v})
     trainer = build_dpo_trainer(sft_model, tokenizer, dpo_args, pairs("train"), pairs("valid"),
                                 get_peft_config(model_args), early_stopping_patience=args.early_stopping_patience)
     dpo_stats = {**train_and_measure(trainer), "pairs": len(splits["train"])}
