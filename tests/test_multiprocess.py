@@ -1,10 +1,12 @@
 """Scale-out on an existing engine: ``accelerate launch`` with ``configs/accelerate/multi_cpu.yaml`` (2 processes,
 the gloo backend on this CPU).
 
-Two processes x 2 rows must train like one process x 4 rows -- the same rows per optimizer step (accelerate
+Text: two processes x 2 rows must train like one process x 4 rows -- the same rows per optimizer step (accelerate
 shards each global batch), the loss normalized by the answer tokens of the whole global batch
 (``average_tokens_across_devices``), gradients averaged by DDP -- including the replay-KL loss, whose batches can
-hold replay rows on one process and none on the other. Dropout is off so that both runs are deterministic.
+hold replay rows on one process and none on the other. Vision: two processes x 4 images must train like one
+process x 4 images x 2 accumulation steps (BatchNorm normalizes each process's batch; ``SyncBatchNorm`` needs a
+GPU). Dropout is off so that the runs are deterministic.
 """
 
 import json
@@ -55,3 +57,21 @@ def test_a_recipe_under_accelerate_launch_writes_one_report(tmp_path):
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["train"]["steps"] == 4 and report["metrics"]["after"]["answer_perplexity"] > 0
     assert (tmp_path / "run" / "adapter_model.safetensors").exists()
+
+
+def test_vision_trainer_on_two_processes_matches_one_process_with_accumulation(tmp_path):
+    from common.paths import load_sibling
+
+    prepare = load_sibling(REPO / "usecase-vision-defects" / "prepare_data.py", "prepare_data")
+    data = prepare.generate(tmp_path / "data", prepare.GenerationArguments(
+        generation_image_size=32, num_train_per_class=8, num_val_per_class=1, num_test_per_class=1))
+    worker = REPO / "tests" / "multiprocess_vision_worker.py"
+    _run([sys.executable, worker, data, tmp_path / "one", 4, 2])
+    _run([*LAUNCH, worker, data, tmp_path / "two", 4, 1])
+    one = json.loads((tmp_path / "one" / "history.json").read_text())
+    two = json.loads((tmp_path / "two" / "history.json").read_text())
+    assert len(one) == len(two) == 4 and one[-1] < one[0]  # it learned
+    assert one == pytest.approx(two, rel=1e-4)  # the loss curve, step by step
+    x, y = (load_file(tmp_path / run / "model.safetensors") for run in ("one", "two"))
+    gap = max((x[k] - y[k]).abs().max().item() for k in x if "running" not in k)
+    assert gap < 1e-4  # weights; BatchNorm running statistics differ (DDP keeps rank 0's), used only at eval
