@@ -57,12 +57,22 @@ def test_decline_rule(chatbot_train, answer, declined):
 def test_unanswerable_questions_are_split_by_topic_and_never_documented(chatbot_train):
     data = SCRIPT.parent / "data"
     splits = chatbot_train.prepare.build_splits(data / "help_center.md", data / "questions.yaml", "sys",
-                                                unanswerable_file=data / "unanswerable.yaml")
+                                                unanswerable_file=data / "unanswerable.yaml", train_declines=True)
     decline = splits["decline_test"][0]["messages"][-1]["content"]
     assert chatbot_train.scoring.is_decline(decline) and "CET" in decline  # points to the documented support hours
     trained = {r["messages"][1]["content"] for r in splits["train"] if r["messages"][-1]["content"] == decline}
     held_out = {r["messages"][1]["content"] for r in splits["decline_valid"] + splits["decline_test"]}
     assert len(trained) >= 40 and len(splits["decline_test"]) >= 15 and not trained & held_out
+
+
+def test_unanswerable_questions_are_scored_but_not_trained_by_default(chatbot_train):
+    data = SCRIPT.parent / "data"
+    with_file = chatbot_train.prepare.build_splits(data / "help_center.md", data / "questions.yaml", "sys",
+                                                   unanswerable_file=data / "unanswerable.yaml")
+    without = chatbot_train.prepare.build_splits(data / "help_center.md", data / "questions.yaml", "sys")
+    assert len(with_file["decline_test"]) >= 15 and len(with_file["decline_valid"]) >= 5  # abstention is measured
+    assert len(with_file["train"]) == len(without["train"])  # ... but no decline row is trained
+    assert not without["decline_test"]
 
 
 @pytest.mark.parametrize("text, message", [

@@ -42,7 +42,8 @@ class ChatbotArguments:
     general_questions_file: str = "usecase-chatbot/data/general_knowledge.yaml"
     general_other_file: str | None = "usecase-chatbot/data/general_other.yaml"  # other question shapes (test)
     general_other_valid_file: str | None = "usecase-chatbot/data/general_other_valid.yaml"  # ... (validation)
-    unanswerable_file: str | None = None  # questions to decline (data/unanswerable.yaml); None: off (default)
+    unanswerable_file: str | None = None  # questions the docs do not answer (data/unanswerable.yaml): abstention
+    train_declines: bool = False  # also train on its training questions with the decline answer (off by default)
     max_unanswerable: int | None = None  # the first N unanswerable questions of each split (None: all)
     replay_questions_file: str | None = "usecase-chatbot/data/replay_questions.yaml"  # None: no replay
     num_replay_questions: int | None = None  # the first N replay questions (None: all)
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
     splits = prepare.build_splits(repo_path(args.docs_file), repo_path(args.questions_file), args.system_prompt,
                                   seed=training_args.data_seed or 0, max_facts=args.max_facts,
                                   unanswerable_file=args.unanswerable_file and repo_path(args.unanswerable_file),
-                                  max_unanswerable=args.max_unanswerable)
+                                  max_unanswerable=args.max_unanswerable, train_declines=args.train_declines)
     general_sets = {"general": args.general_questions_file, "general_other": args.general_other_file,
                     "general_other_valid": args.general_other_valid_file}
     general_sets = {k: prepare.read_question_list(repo_path(v), True, args.max_general_questions)
