@@ -4,8 +4,8 @@ Asserts, on held-out clauses (test templates and party names training never show
 keeps far more key facts than the base model, invents facts in fewer summaries, gains ROUGE-L, trains within the
 issue's 15-minute budget, merges faithfully, and that predict.py summarizes a contract from the trained folder as
 JSON. The floors sit below the committed run's figures (usecase-legal/results/report.json: test fact recall
-61.2% -> 65.3%, style shift 43.4% -> 72.6%, validation 54.4% -> 71.0%, ROUGE-L +12.8 points, invented facts in
-25.6% of test summaries) with a margin for run-to-run noise; the issue's targets themselves (90% / 85% / 5% / +15)
+61.2% -> 71.4%, style shift 43.4% -> 84.8%, validation 54.4% -> 84.2%, ROUGE-L +13.1 points, invented facts in
+17.9% of test summaries) with a margin for run-to-run noise; the issue's targets themselves (90% / 85% / 5% / +15)
 are not met and are reported in the README.
 """
 
@@ -29,12 +29,12 @@ def test_default_legal_run_meets_targets(tmp_path):
     report = json.loads((run / "report.json").read_text())
     before, after = report["metrics"]["before"], report["metrics"]["after"]
     print(json.dumps({"before": before, "after": after, "train": report["train"]}, indent=1))
-    assert after["fact_recall"] >= 0.6 and after["fact_recall"] >= before["fact_recall"]
-    assert after["fact_recall_style_shift"] - before["fact_recall_style_shift"] >= 0.15
-    assert after["invented_rate"] <= 0.4
+    assert after["fact_recall"] >= 0.65 and after["fact_recall"] >= before["fact_recall"] + 0.05
+    assert after["fact_recall_style_shift"] - before["fact_recall_style_shift"] >= 0.25
+    assert after["invented_rate"] <= 0.3
     assert after["rougeL"] - before["rougeL"] >= 0.08 and after["summary_words"] < before["summary_words"]
     val = report["metrics_validation"]
-    assert val["after"]["fact_recall"] - val["before"]["fact_recall"] >= 0.08
+    assert val["after"]["fact_recall"] - val["before"]["fact_recall"] >= 0.2
     assert report["train"]["seconds"] <= 15 * 60
     assert report["train"]["merge_max_abs_logit_diff"] < 1e-3
 
