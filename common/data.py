@@ -89,6 +89,18 @@ def read_jsonl(path: Path) -> list[tuple[int, dict]]:
     return rows
 
 
+def write_jsonl_splits(splits: dict[str, list[dict]], out_dir: str | Path, write: bool = True) -> dict[str, Path]:
+    """``out_dir/<split>.jsonl`` for every split (the exact rows trained and scored, kept with the run); returns the
+    paths. ``write=False`` only names them: under ``accelerate launch`` the main process writes, the others read."""
+    out_dir = Path(out_dir)
+    paths = {name: out_dir / f"{name}.jsonl" for name in splits}
+    if write:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name, rows in splits.items():
+            paths[name].write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return paths
+
+
 def read_rows(source: str | Path) -> list[dict]:
     """Read a JSONL/JSON/CSV file into a list of dicts; malformed lines raise with file and line number."""
     path = Path(source)

@@ -19,12 +19,11 @@ YAML shape, and point ``--docs`` / ``--questions`` (or ``docs_file`` / ``questio
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import re
 from pathlib import Path
 
-from common.data import read_text, read_yaml
+from common.data import read_text, read_yaml, write_jsonl_splits
 from common.errors import ConfigError, DataError, run_main
 
 HERE = Path(__file__).resolve().parent
@@ -223,19 +222,6 @@ def build_replay(model, tokenizer, questions: list[str], system_prompt: str, wit
                               for p, a in zip(prompts, answers) if a])
 
 
-def write_splits(splits: dict[str, list[dict]], out_dir: Path, write: bool = True) -> dict[str, Path]:
-    """``out_dir/<split>.jsonl`` for every split; ``write=False`` only names them (another process writes)."""
-    paths = {name: out_dir / f"{name}.jsonl" for name in splits}
-    if not write:
-        return paths
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, rows in splits.items():
-        with paths[name].open("w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return paths
-
-
 def main(argv: list[str] | None = None) -> dict[str, Path]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--docs", type=Path, default=HERE / "data" / "help_center.md")
@@ -247,7 +233,7 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     if not isinstance(config, dict) or not isinstance(config.get("system_prompt"), str):
         raise ConfigError(f"{args.config}: no 'system_prompt' string (needed for the conversations)")
     system_prompt = config["system_prompt"]
-    paths = write_splits(build_splits(args.docs, args.questions, system_prompt), args.out_dir)
+    paths = write_jsonl_splits(build_splits(args.docs, args.questions, system_prompt), args.out_dir)
     for name, path in paths.items():
         print(f"{name:5s} {sum(1 for _ in path.open()):4d} conversations -> {path}")
     return paths

@@ -20,7 +20,7 @@ from datasets import concatenate_datasets
 from trl import SFTConfig, get_peft_config
 
 from common.config import ModelArguments, parse_config, to_dict
-from common.data import load_dataset_validated, messages_to_prompt_completion
+from common.data import load_dataset_validated, messages_to_prompt_completion, write_jsonl_splits
 from common.errors import run_main
 from common.export import merge_and_export
 from common.hardware import detect, is_main_process, training_precision
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     main = is_main_process()  # under accelerate launch: every process trains; the main one evaluates and writes
     with training_args.main_process_first(desc="data"):
-        files = prepare.write_splits(splits, out / "data", write=main)
+        files = write_jsonl_splits(splits, out / "data", write=main)
     train_ds, _ = load_dataset_validated(files["train"], "messages")
     valid_ds, _ = load_dataset_validated(files["valid"], "messages")
     if args.max_train_rows:

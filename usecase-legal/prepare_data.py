@@ -24,13 +24,12 @@ in the reference summary stops the run with an error naming the file and the row
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import string
 from datetime import date, timedelta
 from pathlib import Path
 
-from common.data import read_jsonl, read_rows, read_yaml
+from common.data import read_jsonl, read_rows, read_yaml, write_jsonl_splits
 from common.errors import DataError, run_main
 from common.paths import load_sibling
 
@@ -274,15 +273,6 @@ def build_splits(args, seed: int = 0) -> dict[str, list[dict]]:
     return splits
 
 
-def write_splits(splits: dict[str, list[dict]], out_dir: Path) -> dict[str, Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files = {}
-    for name, rows in splits.items():
-        files[name] = out_dir / f"{name}.jsonl"
-        files[name].write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    return files
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out_dir", default="runs/legal-data")
@@ -293,10 +283,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.add_argument(f"--{name}", default=None, type=int if name == "max_eval_rows" else str)
     for name, value in (("clause_field", "clause"), ("summary_field", "summary"), ("facts_field", "facts")):
         parser.add_argument(f"--{name}", default=value)
-    for name, value in (("train_per_template", 3), ("valid_per_template", 2), ("test_per_template", 3)):
+    for name, value in (("train_per_template", 9), ("valid_per_template", 2), ("test_per_template", 3)):
         parser.add_argument(f"--{name}", default=value, type=int)
     args = parser.parse_args(argv)
-    files = write_splits(build_splits(args), Path(args.out_dir))
+    files = write_jsonl_splits(build_splits(args), Path(args.out_dir))
     for name, path in files.items():
         print(f"{name}: {sum(1 for _ in path.open())} rows -> {path}")
 

@@ -21,6 +21,7 @@ from datasets import Dataset
 from trl import SFTConfig, get_peft_config
 
 from common.config import ModelArguments, parse_config, to_dict
+from common.data import write_jsonl_splits
 from common.errors import ConfigError, run_main
 from common.export import merge_and_export
 from common.hardware import detect, training_precision
@@ -37,7 +38,7 @@ logger = logging.getLogger("legal")
 @dataclass
 class LegalArguments:
     templates_file: str = "usecase-legal/data/templates.yaml"  # generated clauses (13 types)
-    train_per_template: int = 3  # clauses generated from each training template
+    train_per_template: int = 9  # clauses generated from each training template (config.yaml: chosen on validation)
     valid_per_template: int = 2
     test_per_template: int = 3
     style_shift_file: str | None = "usecase-legal/data/style_shift.jsonl"  # hand-written test clauses
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
     splits = prepare.build_splits(args, seed=training_args.data_seed or 0)
     tokenizer = load_tokenizer(model_args.model_name_or_path, training_args.trust_remote_code)
     check_lengths(tokenizer, splits, training_args.max_length, args.system_prompt)
-    prepare.write_splits(splits, out / "data")
+    write_jsonl_splits(splits, out / "data")
     train_ds, valid_ds = (Dataset.from_list([scoring.to_prompt_completion(r, args.system_prompt) for r in splits[s]])
                           for s in ("train", "valid"))
     logger.info("data: %s", {k: len(v) for k, v in splits.items()})

@@ -27,7 +27,7 @@ import argparse
 import json
 from pathlib import Path
 
-from common.data import DataValidationError, check_disjoint_prompts, read_yaml, validate_rows
+from common.data import DataValidationError, check_disjoint_prompts, read_yaml, validate_rows, write_jsonl_splits
 from common.errors import DataError, run_main
 from common.paths import repo_path
 
@@ -174,39 +174,23 @@ def load_splits(conditions_file: str, system_prompt: str, files: dict[str, str |
     return splits
 
 
-def write_splits(splits: dict[str, list[dict]], out_dir: Path) -> dict[str, Path]:
-    """One JSONL file per split (the exact rows trained and scored, kept with the run)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files = {}
-    for name, rows in splits.items():
-        files[name] = out_dir / f"{name}.jsonl"
-        with files[name].open("w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return files
+def _first_per_prompt(rows: list[dict]) -> list[dict]:
+    """The first row of each distinct prompt (a question has one chosen and several rejected answers)."""
+    first: dict[str, dict] = {}
+    for r in rows:
+        first.setdefault(json.dumps(r["prompt"]), r)
+    return list(first.values())
 
 
 def sft_rows(rows: list[dict]) -> list[dict]:
     """Stage 1 data: each distinct prompt with its chosen answer, as conversational prompt / completion."""
-    seen, out = set(), []
-    for r in rows:
-        key = json.dumps(r["prompt"])
-        if key not in seen:
-            seen.add(key)
-            out.append({"prompt": r["prompt"], "completion": r["chosen"]})
-    return out
+    return [{"prompt": r["prompt"], "completion": r["chosen"]} for r in _first_per_prompt(rows)]
 
 
 def questions(rows: list[dict]) -> list[dict]:
     """The distinct questions of a split with their labels (for generated-answer scoring)."""
-    seen, out = set(), []
-    for r in rows:
-        key = json.dumps(r["prompt"])
-        if key not in seen:
-            seen.add(key)
-            out.append({"prompt": r["prompt"], "condition": r.get("condition"), "red_flag": r.get("red_flag"),
-                        "term": r.get("term"), "reference": r["chosen"][-1]["content"]})
-    return out
+    return [{"prompt": r["prompt"], "condition": r.get("condition"), "red_flag": r.get("red_flag"),
+             "term": r.get("term"), "reference": r["chosen"][-1]["content"]} for r in _first_per_prompt(rows)]
 
 
 def main() -> None:
@@ -215,7 +199,7 @@ def main() -> None:
     parser.add_argument("--out_dir", required=True)
     args = parser.parse_args()
     splits = load_splits(args.conditions_file, SYSTEM_PROMPT, {s: None for s in SPLITS})
-    files = write_splits(splits, Path(args.out_dir))
+    files = write_jsonl_splits(splits, Path(args.out_dir))
     for name, rows in splits.items():
         print(f"{files[name]}: {len(rows)} pairs, {len(questions(rows))} questions, "
               f"{len({r['condition'] for r in rows})} conditions")

@@ -24,6 +24,7 @@ from peft import PeftModel
 from trl import SFTConfig, get_peft_config
 
 from common.config import ModelArguments, parse_config, to_dict
+from common.data import write_jsonl_splits
 from common.errors import ConfigError, run_main
 from common.export import merge_and_export
 from common.hardware import detect, training_precision
@@ -55,7 +56,7 @@ class MedicalArguments:
     max_general_questions: int | None = None
     beta: float = 0.1  # DPO: how far the policy may move from the reference (higher = closer to the SFT model)
     dpo_learning_rate: float = 5e-4
-    dpo_num_train_epochs: float = 2.0
+    dpo_num_train_epochs: float = 1.0
     dpo_max_steps: int = -1  # > 0: stop DPO after this many steps (smoke runs)
     dpo_loss_type: list[str] | None = None  # TRL DPOConfig.loss_type; None: TRL's ["sigmoid"] (plain DPO)
     dpo_loss_weights: list[float] | None = None  # one weight per loss type, e.g. [1.0, 1.0] for ["sigmoid", "sft"]
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                     {"general": args.general_questions_file, "general_other": args.general_other_file}.items() if v}
     tokenizer = load_tokenizer(model_args.model_name_or_path, training_args.trust_remote_code)
     checks.check_max_length(tokenizer, splits, training_args.max_length)
-    prepare.write_splits(splits, out / "data")
+    write_jsonl_splits(splits, out / "data")
 
     def pairs(split):
         return Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in splits[split]])
@@ -132,9 +133,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     sft_model = merge_adapter(model)
     dpo_args = dpo_config_from(training_args, str(out / "dpo"), beta=args.beta, learning_rate=args.dpo_learning_rate,
                                num_train_epochs=args.dpo_num_train_epochs, max_steps=args.dpo_max_steps,
-                               max_length=training_args.max_length,
-                               **{k: v for k, v in {"loss_type": args.dpo_loss_type,
-                                                    "loss_weights": args.dpo_loss_weights}.items() if v})
+                               max_length=training_args.max_length, loss_type=args.dpo_loss_type or ["sigmoid"],
+                               loss_weights=args.dpo_loss_weights)
     trainer = build_dpo_trainer(sft_model, tokenizer, dpo_args, pairs("train"), pairs("valid"),
                                 get_peft_config(model_args), early_stopping_patience=args.early_stopping_patience)
     dpo_stats = {**train_and_measure(trainer), "pairs": len(splits["train"])}
