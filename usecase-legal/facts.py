@@ -114,6 +114,11 @@ DATE_PATTERNS = [  # (regex, order of the groups: y, m, d)
 ]
 COMPANY = re.compile(r"\b((?:[A-Z][\w&'-]*\s+){1,4}(?:Inc|LLC|L\.L\.C|Ltd|Limited|Corp|Corporation|GmbH|plc|PLC|LLP"
                      r"|AG|S\.A|SA|B\.V|BV|Pty|Co|Company|SARL|S\.r\.l|AB|Oy|NV|LP)\b\.?)")
+# Capitalized only because they start a sentence: "From Brightwater Labs LLC" names "Brightwater Labs LLC".
+_LEADING_WORDS = re.compile(
+    r"^(?:(?:The|A|An|If|When|Where|Whereas|Either|Neither|Each|Both|From|After|Before|Upon|Under|Unless|Until|Once"
+    r"|While|Should|Following|Within|For|On|In|By|To|With|Without|Between|Only|Then|But|And|Or|So|Since|Although"
+    r"|Though|Notwithstanding|Subject|Provided|Nor|Any|All|This|That|These|Those|Otherwise)\s+)+")
 _BARE_NUMBER = re.compile(rf"(?<![\w.,])({NUM})(?:st|nd|rd|th)?(?![\w])")
 
 
@@ -223,7 +228,7 @@ def invented_facts(summary: str, clause: str) -> list[str]:
         if not inside and _fmt(_dec(m.group(1))) not in clause_numbers:
             invented.append(m.group(0))
     for name in COMPANY.findall(summary):
-        name = re.sub(r"^(?:The|A|An|If|When|Either|Neither|Each|Both)\s+", "", name.strip())
+        name = _LEADING_WORDS.sub("", name.strip())
         if plain(name) and plain(name) not in clause_words:
             invented.append(name)
     return invented

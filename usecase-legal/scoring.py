@@ -61,9 +61,9 @@ def evaluate(model, tokenizer, splits: dict, args, tag: str) -> dict:
 
 
 def write_predictions(path: Path, splits: dict, base: dict, tuned: dict) -> None:
-    """Every held-out summary before and after, with kept / missed / invented facts (for error analysis)."""
+    """Every held-out summary (validation too) before and after, with kept / missed / invented facts."""
     with path.open("w") as f:
-        for name in ("test", "style_shift", "handwritten"):
+        for name in ("valid", "test", "style_shift", "handwritten"):
             for r, b, a in zip(splits[name], base["summaries"][name], tuned["summaries"][name]):
                 f.write(json.dumps({
                     "split": name, "type": r["type"], "clause": r["clause"], "reference": r["summary"],
