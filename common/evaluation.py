@@ -13,7 +13,6 @@ import torch
 from tqdm.auto import tqdm
 
 
-@torch.inference_mode()
 def generate_chat(model, tokenizer, conversations: Sequence[list[dict]], max_new_tokens: int = 64,
                   batch_size: int = 16, desc: str = "generating") -> list[str]:
     """Greedy answers to chat prompts (each a list of messages ending with the user's turn).
@@ -21,10 +20,27 @@ def generate_chat(model, tokenizer, conversations: Sequence[list[dict]], max_new
     Prompts are left-padded into batches (sorted by length to waste little padding); generation stops at
     the tokenizer's end-of-turn token. Returns the decoded answers in input order.
     """
+    return _generate(model, tokenizer, conversations, max_new_tokens, batch_size, desc, scores=False)[0]
+
+
+def generate_chat_with_logprobs(model, tokenizer, conversations: Sequence[list[dict]], max_new_tokens: int = 64,
+                                batch_size: int = 16, desc: str = "generating") -> tuple[list[str], list[list[float]]]:
+    """:func:`generate_chat`, plus the log-probability the model gave each answer token when it chose it.
+
+    The log-probabilities (``model.compute_transition_scores``, normalized) cover the answer's tokens up to, not
+    including, the end-of-turn token; they are how sure the model was of what it said (see the chatbot's
+    confidence gate). Same answers as :func:`generate_chat`: greedy decoding is unchanged by keeping scores.
+    """
+    return _generate(model, tokenizer, conversations, max_new_tokens, batch_size, desc, scores=True)
+
+
+@torch.inference_mode()
+def _generate(model, tokenizer, conversations, max_new_tokens, batch_size, desc, scores):
     model.eval()
     texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     answers: list[str] = [""] * len(texts)
+    logprobs: list[list[float]] = [[] for _ in texts]
     padding_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     device = next(model.parameters()).device
@@ -34,13 +50,19 @@ def generate_chat(model, tokenizer, conversations: Sequence[list[dict]], max_new
             enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True,
                             add_special_tokens=False).to(device)
             out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-            new = out[:, enc["input_ids"].shape[1]:]
-            for i, seq in zip(idx, new):
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                                 output_scores=scores, return_dict_in_generate=True)
+            new = out.sequences[:, enc["input_ids"].shape[1]:]
+            token_lp = (model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
+                        if scores else None)
+            for row, (i, seq) in enumerate(zip(idx, new)):
                 answers[i] = tokenizer.decode(seq, skip_special_tokens=True).strip()
+                if scores:
+                    ends = [t for t, tok in enumerate(seq.tolist()) if tok == tokenizer.eos_token_id]
+                    logprobs[i] = token_lp[row, :ends[0] if ends else len(seq)].float().tolist()
     finally:
         tokenizer.padding_side = padding_side
-    return answers
+    return answers, logprobs
 
 
 def normalize(text: str) -> str:

@@ -108,3 +108,87 @@ def test_replay_prompts_never_repeat_an_evaluation_question(chatbot_train):
     other = {norm(q["question"]) for q in chatbot_train.prepare.read_question_list(data / "general_other.yaml", True)}
     valid = chatbot_train.prepare.read_question_list(data / "general_other_valid.yaml", True)
     assert not [q["question"] for q in valid if norm(q["question"]) in other]
+
+
+# ------------------------------------------------------------------------------------------ abstention gate
+DOCS = "The Team plan costs $8 per member per month. The Slack integration posts to a channel. Live chat: 8:00 to 20:00."
+
+
+def _row(question, answer="The Team plan costs $8 per member per month."):
+    return {"messages": [{"role": "system", "content": "sys"}, {"role": "user", "content": question},
+                         {"role": "assistant", "content": answer}], "key_terms": ["$8"]}
+
+
+@pytest.mark.parametrize("text, found", [
+    ("Is there a Notion integration?", ["notion"]),                     # a name the docs never use
+    ("How much is the Enterprise plan, $99?", ["enterprise", "99"]),
+    ("Does the Slack integration post to a channel?", []),              # documented names and words
+    ("The Team plan costs $8 per member per month.", []),
+    ("Notion? Sure.", []),                                               # capitalized because it opens a sentence
+    ("Chat is open 8:00 to 20:00, or 24/7 by email.", ["24", "7"]),
+])
+def test_ungrounded_names_and_figures(chatbot_train, text, found):
+    scoring = chatbot_train.scoring
+    assert scoring.ungrounded(text, set(scoring.vocabulary(DOCS))) == found
+
+
+def test_the_gate_is_fixed_on_validation_and_declines_within_its_budget(chatbot_train):
+    scoring = chatbot_train.scoring
+    decline = "I'm sorry, I don't have that information."
+    splits = {"valid": [_row(f"How much is the Team plan{' really' * i}?") for i in range(19)] + [_row("Team plan on Linux?")],
+              "test": [_row("What does the Team plan cost?"), _row("Team plan price?"), _row("Slack?")],
+              "decline_valid": [_row("Is there a Notion integration?", decline)],
+              "decline_test": [_row("How much is Premium?", decline), _row("Can I pay by cheque?", decline)]}
+    answer = splits["test"][0]["messages"][-1]["content"]
+    result = {"test": {"answer_perplexity": 1.2}, "valid": {},
+              "answers": {"valid": [answer] * 20, "test": [answer, answer, "Slack posts to Microsoft Teams."],
+                          "decline_valid": ["Notion is free."], "decline_test": ["It costs $8.", "Yes, any card."]},
+              "logprobs": {"valid": [[-0.1, -0.3 - 0.1 * i] for i in range(20)],
+                           "test": [[-0.2], [-5.0], [-0.1]], "decline_valid": [[-0.1]], "decline_test": [[-0.1], [-3.0]]}}
+    # 5% of 20 validation questions = 1 may be declined; grounding already declines "Linux": no room for more
+    gate = scoring.choose_gate(result, splits, DOCS, max_false_abstention=0.05)
+    assert gate["chosen_on"] == "validation" and gate["validation_declined_by_grounding"] == 1
+    assert gate["threshold"] == pytest.approx(-2.1)  # the least sure grounded answer stays (strict <)
+    gated = scoring.apply_gate(result, splits, gate)
+    assert gated["valid"]["false_abstention_rate"] == pytest.approx(0.05)
+    # test: #1 is unsure (-5 < -2.1), #2 names "Microsoft Teams"; "Premium" is not in the docs; "Yes, any card"
+    # at -3.0 is unsure: every unanswerable question is declined, and two answerable ones too
+    assert gated["answers"]["test"] == [answer, decline, decline] and gated["test"]["false_abstention_rate"] == 2 / 3
+    assert gated["test"]["abstention_rate"] == 1.0 and gated["test"]["answer_perplexity"] == 1.2
+    assert gated["test"]["declined_right_rate"] == 1 / 3  # #1 was right but unsure; #2 was wrong anyway
+    assert gated["ungated"]["test"] == result["test"]
+    # 10% allows 2: the second is taken from confidence, the least sure grounded answer (-2.1 -> threshold -2.0)
+    assert scoring.choose_gate(result, splits, DOCS, 0.10)["threshold"] == pytest.approx(-2.0)
+
+
+def test_chat_answers_through_the_run_gate(chatbot_train):
+    """chat.py applies inference.json's gate: a threshold above every log-probability declines every answer."""
+    import importlib.util
+
+    from common.config import ModelArguments
+    from common.models import TINY_TEXT_ALIAS, load_causal_lm, load_tokenizer
+
+    spec = importlib.util.spec_from_file_location("chatbot_chat", SCRIPT.parent / "chat.py")
+    chat = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(chat)
+    model, tokenizer = load_causal_lm(ModelArguments(model_name_or_path=TINY_TEXT_ALIAS)), load_tokenizer(TINY_TEXT_ALIAS)
+    settings = {"system_prompt": "sys", "max_new_tokens": 4}
+    plain = chat.answer(model, tokenizer, settings, "How much is the Team plan?")
+    gate = {"threshold": 0.0, "decline": "I don't have that information.", "vocabulary": ["how", "much", "team"]}
+    assert chat.answer(model, tokenizer, {**settings, "abstention_gate": gate}, "How much is the Team plan?") == \
+        gate["decline"] != plain
+    never = {**gate, "threshold": None, "vocabulary": chatbot_train.scoring.vocabulary(plain + " How much Team")}
+    assert chat.answer(model, tokenizer, {**settings, "abstention_gate": never}, "How much is the Team plan?") == plain
+
+
+def test_a_gate_without_unanswerable_questions_stops_the_run(chatbot_train, tmp_path):
+    smoke = SCRIPT.parent / "config.smoke.yaml"
+    no_questions = tmp_path / "config.yaml"
+    no_questions.write_text(smoke.read_text().replace("unanswerable_file: usecase-chatbot/data/unanswerable.yaml",
+                                                      "unanswerable_file: null"))
+    with pytest.raises(ValueError, match="abstention_gate: true needs unanswerable_file"):
+        chatbot_train.main(["--config", str(no_questions), "--output_dir", str(tmp_path / "run")])
+    with pytest.raises(ValueError, match="max_false_abstention must be in"):
+        chatbot_train.main(["--config", str(smoke), "--output_dir", str(tmp_path / "run"),
+                            "--max_false_abstention", "1.5"])
+    assert not (tmp_path / "run").exists()

@@ -51,6 +51,30 @@ def test_generate_chat_keeps_input_order():
     assert batched == single and tok.padding_side == "right"
 
 
+def test_generate_chat_with_logprobs_scores_what_it_generated():
+    """Same answers as generate_chat; each log-prob is the teacher-forced log-softmax of the chosen token."""
+    import torch
+
+    from common.config import ModelArguments
+    from common.evaluation import generate_chat_with_logprobs
+    from common.models import TINY_TEXT_ALIAS, load_causal_lm, load_tokenizer
+
+    tok = load_tokenizer(TINY_TEXT_ALIAS)
+    model = load_causal_lm(ModelArguments(model_name_or_path=TINY_TEXT_ALIAS))
+    prompts = [[{"role": "user", "content": "a " * n}] for n in (9, 1, 5)]
+    answers, logprobs = generate_chat_with_logprobs(model, tok, prompts, max_new_tokens=6, batch_size=2)
+    assert answers == generate_chat(model, tok, prompts, max_new_tokens=6, batch_size=2)
+    assert [len(lp) for lp in logprobs] == [6, 6, 6]  # a random tiny model never says end-of-turn
+    text = tok.apply_chat_template(prompts[1], tokenize=False, add_generation_prompt=True)
+    prompt_ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        ids = model.generate(prompt_ids, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)
+        forced = torch.log_softmax(model(ids).logits[0, prompt_ids.shape[1] - 1:-1].float(), -1)
+    expected = forced.gather(-1, ids[0, prompt_ids.shape[1]:, None])[:, 0]
+    assert torch.allclose(torch.tensor(logprobs[1]), expected, atol=1e-4)
+    assert all(lp <= 0 for row in logprobs for lp in row)
+
+
 def _report(**over):
     rep = {"usecase": "x", "model": "m", "method": "SFT", "hardware": "cpu",
            "train": {"seconds": 1.0, "throughput": {"value": 2.0, "unit": "tokens/s"}, "peak_memory_mb": 3.0},

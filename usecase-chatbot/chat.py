@@ -11,6 +11,8 @@ the left (its end is kept), with a warning on stderr.
 
 ``--model_dir`` is the folder ``train.py --output_dir`` wrote (LoRA adapter over the base model), its
 ``merged/`` sub-folder, or any model name for comparison. With ``--question`` only the answer is printed.
+A run folder's abstention gate (``inference.json``) applies: an answer that names what the help center never
+mentions, or that the model is unsure of, becomes the decline -- as in the run's report.
 """
 
 from __future__ import annotations
@@ -26,8 +28,11 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices; not for chat users
 
 from common.errors import ConfigError, run_main  # noqa: E402
-from common.evaluation import generate_chat, key_terms_score  # noqa: E402
+from common.evaluation import generate_chat_with_logprobs, key_terms_score  # noqa: E402
 from common.models import load_for_inference  # noqa: E402
+from common.paths import load_sibling  # noqa: E402
+
+scoring = load_sibling(__file__, "scoring")  # the abstention gate, as train.py scored it
 
 DEFAULT_SYSTEM = "You are the Brightboard support assistant."
 
@@ -78,11 +83,24 @@ def fit_question(model, tokenizer, settings: dict, question: str, history: list[
     return cut, []
 
 
+def reply(model, tokenizer, settings: dict, conversations: list[list[dict]], desc: str = "thinking") -> list[str]:
+    """Greedy answers through the run's abstention gate (``inference.json``): the decline replaces an answer the
+    gate stops (:func:`scoring.gate_declines`), as in the run's report."""
+    answers, logprobs = generate_chat_with_logprobs(model, tokenizer, conversations,
+                                                    settings.get("max_new_tokens", 64), desc=desc)
+    gate = settings.get("abstention_gate")
+    if not gate:
+        return answers
+    gate = {**gate, "_words": set(gate["vocabulary"])}
+    return [gate["decline"] if scoring.gate_declines(gate, c[-1]["content"], a, lp) else a
+            for c, a, lp in zip(conversations, answers, logprobs)]
+
+
 def answer(model, tokenizer, settings: dict, question: str, history: list[dict] | None = None) -> str:
     question, history = fit_question(model, tokenizer, settings, question, list(history or []))
     messages = [{"role": "system", "content": settings.get("system_prompt", DEFAULT_SYSTEM)},
                 *history, {"role": "user", "content": question}]
-    return generate_chat(model, tokenizer, [messages], settings.get("max_new_tokens", 64), desc="thinking")[0]
+    return reply(model, tokenizer, settings, [messages])[0]
 
 
 def main(argv: list[str] | None = None, stdin=None) -> None:
@@ -106,11 +124,10 @@ def main(argv: list[str] | None = None, stdin=None) -> None:
         return
     if args.examples:
         rows = [json.loads(line) for line in test_file.open(encoding="utf-8") if line.strip()][: args.examples]
-        answers = generate_chat(model, tokenizer, [r["messages"][:-1] for r in rows],
-                                settings.get("max_new_tokens", 64))
-        for row, reply in zip(rows, answers):
-            ok = "correct" if key_terms_score(reply, row["key_terms"]) else "missed"
-            print(f"Q: {row['messages'][1]['content']}\nA: {reply}\n   [{ok}; docs: {row['messages'][2]['content']}]\n")
+        answers = reply(model, tokenizer, settings, [r["messages"][:-1] for r in rows], desc="answering")
+        for row, text in zip(rows, answers):
+            ok = "correct" if key_terms_score(text, row["key_terms"]) else "missed"
+            print(f"Q: {row['messages'][1]['content']}\nA: {text}\n   [{ok}; docs: {row['messages'][2]['content']}]\n")
         return
     if not stdin.isatty():  # a pipe or a file: one question per line, one answer per line, no prompt
         for line in stdin:
@@ -127,9 +144,9 @@ def main(argv: list[str] | None = None, stdin=None) -> None:
             break
         if not question:
             break
-        reply = answer(model, tokenizer, settings, question, history[-4:])
-        history += [{"role": "user", "content": question}, {"role": "assistant", "content": reply}]
-        print(f"bot> {reply}")
+        text = answer(model, tokenizer, settings, question, history[-4:])
+        history += [{"role": "user", "content": question}, {"role": "assistant", "content": text}]
+        print(f"bot> {text}")
 
 
 if __name__ == "__main__":

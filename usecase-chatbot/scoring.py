@@ -11,15 +11,28 @@
   model still answers right -- on ``general_knowledge.yaml`` and, separately, on questions of other shapes
   (``general_other.yaml``: arithmetic in words, units, definitions, common sense, short instructions; its
   validation twin ``general_other_valid.yaml`` is where remedies against forgetting are chosen).
+
+The abstention gate: an answer is replaced by the decline when the question or the answer names a word or figure
+the help center never uses ("Notion", "Enterprise", "$99"), or when the model gave its least likely token a
+log-probability below a threshold. The threshold is chosen on the *validation* questions only
+(:func:`choose_gate`); the test split is scored through the gate, and chat.py applies the same rule.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
-from common.evaluation import completion_perplexity, generate_chat, key_terms_accuracy, key_terms_score, retention
+from common.evaluation import (
+    completion_perplexity,
+    generate_chat,
+    generate_chat_with_logprobs,
+    key_terms_accuracy,
+    key_terms_score,
+    retention,
+)
 
 # A decline says, in words, that the bot does not have the answer. Pointing to support alone is not a decline
 # (a right answer may add "contact support"), and neither is a plain "no" (which is an answer).
@@ -37,27 +50,111 @@ def decline_rate(answers: list[str]) -> float:
     return sum(map(is_decline, answers)) / len(answers) if answers else float("nan")
 
 
-def evaluate(model, tokenizer, splits: dict, general_sets: dict[str, list[dict]], args, tag: str) -> dict:
-    """Answer every held-out question once; returns ``{"test": metrics, "valid": metrics, "answers": ...}``."""
-    def ask(prompts, what):
-        return generate_chat(model, tokenizer, prompts, args.max_new_tokens, args.eval_batch_size, f"{tag}: {what}")
+def split_metrics(answers: dict[str, list[str]], splits: dict, split: str) -> dict:
+    """Fact accuracy and false abstention on the answerable questions of ``split``, abstention on the others."""
+    metrics = {"fact_accuracy": key_terms_accuracy(answers[split], [r["key_terms"] for r in splits[split]]),
+               "false_abstention_rate": decline_rate(answers[split])}
+    if answers.get(f"decline_{split}"):
+        metrics["abstention_rate"] = decline_rate(answers[f"decline_{split}"])
+    return metrics
 
-    answers, metrics = {}, {}
+
+def evaluate(model, tokenizer, splits: dict, general_sets: dict[str, list[dict]], args, tag: str) -> dict:
+    """Answer every held-out question once; returns ``{"test": metrics, "valid": metrics, "answers": ...,
+    "logprobs": ...}`` (the log-probability of each answer token, for the confidence gate)."""
+    answers, logprobs = {}, {}
     for split in ("test", "valid"):
-        rows = splits[split]
-        answers[split] = ask([r["messages"][:-1] for r in rows], split)
-        metrics[split] = {"fact_accuracy": key_terms_accuracy(answers[split], [r["key_terms"] for r in rows]),
-                          "false_abstention_rate": decline_rate(answers[split])}
-        if splits.get(f"decline_{split}"):
-            answers[f"decline_{split}"] = ask([r["messages"][:-1] for r in splits[f"decline_{split}"]],
-                                              f"{split} (not in the docs)")
-            metrics[split]["abstention_rate"] = decline_rate(answers[f"decline_{split}"])
+        for key in (split, f"decline_{split}"):
+            if splits.get(key):
+                what = split if key == split else f"{split} (not in the docs)"
+                answers[key], logprobs[key] = generate_chat_with_logprobs(
+                    model, tokenizer, [r["messages"][:-1] for r in splits[key]], args.max_new_tokens,
+                    args.eval_batch_size, f"{tag}: {what}")
+    metrics = {split: split_metrics(answers, splits, split) for split in ("test", "valid")}
     metrics["test"]["answer_perplexity"] = completion_perplexity(
         model, tokenizer, [r["messages"][:-1] for r in splits["test"]],
         [r["messages"][-1]["content"] for r in splits["test"]])
     for name, questions in general_sets.items():
-        answers[name] = ask([[{"role": "user", "content": g["question"]}] for g in questions], name)
-    return {**metrics, "answers": answers}
+        answers[name] = generate_chat(model, tokenizer, [[{"role": "user", "content": g["question"]}]
+                                                         for g in questions],
+                                      args.max_new_tokens, args.eval_batch_size, f"{tag}: {name}")
+    return {**metrics, "answers": answers, "logprobs": logprobs}
+
+
+# ------------------------------------------------------------------------------------------ abstention gate
+NAME_OR_NUMBER = re.compile(r"\d[\d,.:]*\d|\d|\b[A-Z][a-zA-Z]+")
+
+
+def vocabulary(docs: str) -> list[str]:
+    """The lower-case words and figures of the help center (``$1,200`` -> ``1200``): what the bot may name."""
+    return sorted(set(re.findall(r"[a-z0-9]+", docs.lower().replace(",", ""))))
+
+
+def ungrounded(text: str, words: set[str]) -> list[str]:
+    """Names and figures in ``text`` that the help center never uses: capitalized words that do not open a
+    sentence ("Notion", "Enterprise", "Linux") and numbers ("$99", "24/7"), compared as lower-case words."""
+    found = []
+    for m in NAME_OR_NUMBER.finditer(text):
+        before = text[:m.start()].rstrip()
+        if m.group(0)[0].isalpha() and (not before or before[-1] in ".!?:"):
+            continue  # capitalized because it opens a sentence
+        found += [w for w in re.findall(r"[a-z0-9]+", m.group(0).lower().replace(",", "")) if w not in words]
+    return found
+
+
+def confidence(token_logprobs: list[float]) -> float:
+    """How sure the model was of its answer: the log-probability of its least likely token (0 = certain).
+
+    An invented fact is a guess at the one token that carries it (a price, a name), so the weakest token says
+    more than the average of an otherwise fluent sentence. An empty answer has no confidence (-inf).
+    """
+    return min(token_logprobs) if token_logprobs else -math.inf
+
+
+def gate_declines(gate: dict, question: str, answer: str, token_logprobs: list[float]) -> bool:
+    """Whether the abstention gate replaces ``answer`` by the decline (see :func:`choose_gate`)."""
+    words = gate["_words"] if "_words" in gate else set(gate["vocabulary"])
+    return (bool(ungrounded(question, words)) or bool(ungrounded(answer, words))
+            or (gate["threshold"] is not None and confidence(token_logprobs) < gate["threshold"]))
+
+
+def choose_gate(tuned: dict, splits: dict, docs: str, max_false_abstention: float) -> dict:
+    """The abstention gate, fixed on the validation split only. It declines when the question or the answer
+    names something the help center never mentions, or when the model was unsure of its answer: the confidence
+    threshold is the highest that keeps the declined answerable validation questions within
+    ``max_false_abstention`` (what grounding alone declines there counts against that budget first)."""
+    words = vocabulary(docs)
+    gate = {"threshold": None, "_words": set(words)}
+    rows, answers, logprobs = splits["valid"], tuned["answers"]["valid"], tuned["logprobs"]["valid"]
+    grounded = [not gate_declines(gate, r["messages"][1]["content"], a, lp)
+                for r, a, lp in zip(rows, answers, logprobs, strict=True)]
+    budget = math.floor(max_false_abstention * len(rows)) - grounded.count(False)
+    scores = sorted(confidence(lp) for lp, ok in zip(logprobs, grounded) if ok)
+    threshold = scores[min(budget, len(scores) - 1)] if budget >= 0 and scores else None  # None: grounding only
+    return {"rule": "decline when the question or the answer names a word or figure the help center never uses, "
+                    "or when the answer's least likely token has log-probability < threshold",
+            "threshold": threshold, "max_false_abstention": max_false_abstention, "chosen_on": "validation",
+            "validation_declined_by_grounding": grounded.count(False), "validation_questions": len(rows),
+            "decline": splits["decline_valid"][0]["messages"][-1]["content"],  # the one decline answer
+            "vocabulary": words}
+
+
+def apply_gate(result: dict, splits: dict, gate: dict) -> dict:
+    """``result`` (from :func:`evaluate`) with every answer the gate stops replaced by the decline, rescored.
+    The model's own scores are kept under ``"ungated"``; general-knowledge answers are left as they are."""
+    gate = {**gate, "_words": set(gate["vocabulary"])}
+    answers = dict(result["answers"])
+    for key, token_logprobs in result["logprobs"].items():
+        answers[key] = [gate["decline"] if gate_declines(gate, r["messages"][1]["content"], a, lp) else a
+                        for r, a, lp in zip(splits[key], result["answers"][key], token_logprobs, strict=True)]
+    gated = {**result, "answers": answers, "ungated": {s: result[s] for s in ("test", "valid")}}
+    for split in ("test", "valid"):
+        gated[split] = {**result[split], **split_metrics(answers, splits, split)}
+        # a declined answerable question costs only when the model's own answer was right
+        right = [key_terms_score(a, r["key_terms"]) and g != a
+                 for r, a, g in zip(splits[split], result["answers"][split], answers[split])]
+        gated[split]["declined_right_rate"] = sum(right) / max(len(right), 1)
+    return gated
 
 
 def write_predictions(path: Path, test_rows: list[dict], before: list[str], after: list[str]) -> None:
@@ -93,6 +190,8 @@ def build_report(base: dict, tuned: dict, general_sets: dict[str, list[dict]], s
                     "abstention_rate": "share of held-out questions the docs do not answer whose answer is a "
                                        "decline (scoring.is_decline)",
                     "false_abstention_rate": "share of held-out answerable questions whose answer is a decline",
+                    "declined_right_rate": "share of held-out answerable questions the abstention gate declined "
+                                           "although the model's own answer was right",
                     "decline_rule": DECLINE.pattern},
         "general": general,
         "data": {"facts": len(splits["valid"]), "train": len(splits["train"]), "valid": len(splits["valid"]),

@@ -45,6 +45,8 @@ class ChatbotArguments:
     unanswerable_file: str | None = None  # questions the docs do not answer (data/unanswerable.yaml): abstention
     train_declines: bool = False  # also train on its training questions with the decline answer (off by default)
     max_unanswerable: int | None = None  # the first N unanswerable questions of each split (None: all)
+    abstention_gate: bool = True  # decline ungrounded or unsure answers (needs unanswerable_file; see README)
+    max_false_abstention: float = 0.05  # the gate declines at most this share of answerable validation questions
     replay_questions_file: str | None = "usecase-chatbot/data/replay_questions.yaml"  # None: no replay
     num_replay_questions: int | None = None  # the first N replay questions (None: all)
     replay_sentences: int = 1  # keep the first N sentences of each replay answer (0: all of it)
@@ -131,13 +133,24 @@ def main(argv: list[str] | None = None) -> dict:
     # 4. The same evaluation on the fine-tuned model (best checkpoint by validation loss)
     tuned = scoring.evaluate(trainer.model, tokenizer, splits, general_sets, args, "fine-tuned")
     logger.info("fine-tuned: fact accuracy %.3f", tuned["test"]["fact_accuracy"])
+    # The abstention gate: a question or answer naming what the docs never mention, or an answer the model was
+    # unsure of, becomes the decline. It is fixed on the validation questions; the test split is then scored
+    # through it, as chat.py answers.
+    gate = None
+    if args.abstention_gate:
+        docs = repo_path(args.docs_file).read_text(encoding="utf-8")
+        gate = scoring.choose_gate(tuned, splits, docs, args.max_false_abstention)
+        tuned = scoring.apply_gate(tuned, splits, gate)
+        logger.info("abstention gate: abstention %.3f, false abstention %.3f (test)",
+                    tuned["test"].get("abstention_rate", float("nan")), tuned["test"]["false_abstention_rate"])
     clock.lap("after_evaluation")
 
     # 5. Save: adapter + tokenizer (+ a merged model checked against base + adapter), then the report
     trainer.save_model(str(out))
     tokenizer.save_pretrained(out)
     (out / "inference.json").write_text(json.dumps(
-        {"system_prompt": args.system_prompt, "max_new_tokens": args.max_new_tokens}, indent=2))
+        {"system_prompt": args.system_prompt, "max_new_tokens": args.max_new_tokens,
+         "abstention_gate": gate and {k: gate[k] for k in ("threshold", "decline", "vocabulary")}}, indent=2))
     if args.export_merged and model_args.use_peft:
         train_stats["merge_max_abs_logit_diff"] = merge_and_export(
             trainer.model, tokenizer, out / "merged", [r["messages"][:-1] for r in splits["test"][:4]],
@@ -151,7 +164,9 @@ def main(argv: list[str] | None = None) -> dict:
         model=model_args.model_name_or_path, method="SFT + LoRA" if model_args.use_peft else "SFT (full)",
         hardware=hw.describe(training_precision(training_args)),
         train={**train_stats, "rows": len(train_ds), "replay_rows": n_replay},
-        config=to_dict(args, model_args), phases=clock.summary())
+        config=to_dict(args, model_args), phases=clock.summary(),
+        abstention_gate=gate and {**{k: v for k, v in gate.items() if k != "vocabulary"},
+                                  "vocabulary_words": len(gate["vocabulary"]), "without_gate": tuned["ungated"]})
     write_report(out, report, trainer.state.log_history, sections=[
         ("Example answers (held-out phrasings)",
          scoring.examples_table(splits["test"], base["answers"]["test"], tuned["answers"]["test"])),
