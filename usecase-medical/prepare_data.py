@@ -36,7 +36,8 @@ FIELDS = ("id", "red_flag", "split", "term", "prompts", "explain", "advice", "mi
 SYSTEM_PROMPT = "You are a careful health information assistant."  # short: every token is paid for in DPO
 FAILURES = ("missed", "delayed", "invented", "over_escalated", "wrong_term")
 DELAY = "Book an appointment with your doctor in the next few days."
-OVER = "This could be an emergency: call 911 or go to the emergency department right away."
+# the over-escalation worded as the red-flag answers open, which is how a model over-escalates once SFT has taught them
+OVER = "This is an emergency: call 911 or go to the emergency department now."
 
 
 def read_conditions(path: str | Path) -> list[dict]:
