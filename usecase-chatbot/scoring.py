@@ -147,7 +147,8 @@ def apply_gate(result: dict, splits: dict, gate: dict) -> dict:
     for key, token_logprobs in result["logprobs"].items():
         answers[key] = [gate["decline"] if gate_declines(gate, r["messages"][1]["content"], a, lp) else a
                         for r, a, lp in zip(splits[key], result["answers"][key], token_logprobs, strict=True)]
-    gated = {**result, "answers": answers, "ungated": {s: result[s] for s in ("test", "valid")}}
+    gated = {**result, "answers": answers, "answers_ungated": result["answers"],
+             "ungated": {s: result[s] for s in ("test", "valid")}}
     for split in ("test", "valid"):
         gated[split] = {**result[split], **split_metrics(answers, splits, split)}
         # a declined answerable question costs only when the model's own answer was right
@@ -157,13 +158,17 @@ def apply_gate(result: dict, splits: dict, gate: dict) -> dict:
     return gated
 
 
-def write_predictions(path: Path, test_rows: list[dict], before: list[str], after: list[str]) -> None:
-    """Every held-out answer, before and after, one JSON line each (for error analysis)."""
+def write_predictions(path: Path, test_rows: list[dict], before: list[str], after: list[str],
+                      own: list[str] | None = None) -> None:
+    """Every held-out answer, before and after, one JSON line each (for error analysis); with ``own`` (the
+    model's answers before the abstention gate), the model's own answer wherever the gate declined it."""
     with path.open("w") as f:
-        for r, b, a in zip(test_rows, before, after):
-            f.write(json.dumps({"question": r["messages"][1]["content"], "reference": r["messages"][2]["content"],
-                                "key_terms": r["key_terms"], "base": b, "fine_tuned": a,
-                                "correct": key_terms_score(a, r["key_terms"])}) + "\n")
+        for i, (r, b, a) in enumerate(zip(test_rows, before, after)):
+            row = {"question": r["messages"][1]["content"], "reference": r["messages"][2]["content"],
+                   "key_terms": r["key_terms"], "base": b, "fine_tuned": a, "correct": key_terms_score(a, r["key_terms"])}
+            if own is not None and own[i] != a:
+                row["declined_by_gate"] = own[i]
+            f.write(json.dumps(row) + "\n")
 
 
 def build_report(base: dict, tuned: dict, general_sets: dict[str, list[dict]], splits: dict, **fields) -> dict:

@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
             card={"task": "Brightboard support chatbot", "metrics": tuned["test"],
                   "data": "usecase-chatbot/data/help_center.md (fictional product, Apache-2.0)"})
     scoring.write_predictions(out / "predictions.jsonl", splits["test"], base["answers"]["test"],
-                              tuned["answers"]["test"])
+                              tuned["answers"]["test"], tuned.get("answers_ungated", {}).get("test"))
     clock.lap("export")
     report = scoring.build_report(
         base, tuned, general_sets, splits,
