@@ -5,8 +5,8 @@ keeps far more key facts than the base model, invents facts in fewer summaries, 
 issue's 15-minute budget, merges faithfully, and that predict.py summarizes a contract from the trained folder as
 JSON. The floors sit below the committed run's figures (usecase-legal/results/report.json: test fact recall
 61.2% -> 71.4%, style shift 43.4% -> 84.8%, validation 54.4% -> 84.2%, ROUGE-L +13.1 points, invented facts in
-17.9% of test summaries) with a margin for run-to-run noise; the issue's targets themselves (90% / 85% / 5% / +15)
-are not met and are reported in the README.
+12.8% of test summaries, 4.5% of style-shift ones) with a margin for run-to-run noise; the issue's targets
+themselves (90% / 85% / 5% / +15) are not met and are reported in the README.
 """
 
 import json
