@@ -29,7 +29,7 @@ def generate_chat_with_logprobs(model, tokenizer, conversations: Sequence[list[d
 
     The log-probabilities (``model.compute_transition_scores``, normalized) cover the answer's tokens up to, not
     including, the end-of-turn token; they are how sure the model was of what it said (see the chatbot's
-    confidence gate). Same answers as :func:`generate_chat`: greedy decoding is unchanged by keeping scores.
+    abstention gate). Same answers as :func:`generate_chat`: greedy decoding is unchanged by keeping scores.
     """
     return _generate(model, tokenizer, conversations, max_new_tokens, batch_size, desc, scores=True)
 

@@ -28,7 +28,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices; not for chat users
 
 from common.errors import ConfigError, run_main  # noqa: E402
-from common.evaluation import generate_chat_with_logprobs, key_terms_score  # noqa: E402
+from common.evaluation import generate_chat, generate_chat_with_logprobs, key_terms_score  # noqa: E402
 from common.models import load_for_inference  # noqa: E402
 from common.paths import load_sibling  # noqa: E402
 
@@ -84,15 +84,15 @@ def fit_question(model, tokenizer, settings: dict, question: str, history: list[
 
 
 def reply(model, tokenizer, settings: dict, conversations: list[list[dict]], desc: str = "thinking") -> list[str]:
-    """Greedy answers through the run's abstention gate (``inference.json``): the decline replaces an answer the
-    gate stops (:func:`scoring.gate_declines`), as in the run's report."""
-    answers, logprobs = generate_chat_with_logprobs(model, tokenizer, conversations,
-                                                    settings.get("max_new_tokens", 64), desc=desc)
+    """Greedy answers, through the run's abstention gate when it has one (``inference.json``): the decline
+    replaces an answer the gate stops (:func:`scoring.gate_rule`), as in the run's report."""
     gate = settings.get("abstention_gate")
     if not gate:
-        return answers
-    gate = {**gate, "_words": set(gate["vocabulary"])}
-    return [gate["decline"] if scoring.gate_declines(gate, c[-1]["content"], a, lp) else a
+        return generate_chat(model, tokenizer, conversations, settings.get("max_new_tokens", 64), desc=desc)
+    answers, logprobs = generate_chat_with_logprobs(model, tokenizer, conversations,
+                                                    settings.get("max_new_tokens", 64), desc=desc)
+    declines = scoring.gate_rule(gate)
+    return [gate["decline"] if declines(c[-1]["content"], a, lp) else a
             for c, a, lp in zip(conversations, answers, logprobs)]
 
 

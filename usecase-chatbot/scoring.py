@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from common.evaluation import (
@@ -59,17 +60,23 @@ def split_metrics(answers: dict[str, list[str]], splits: dict, split: str) -> di
     return metrics
 
 
-def evaluate(model, tokenizer, splits: dict, general_sets: dict[str, list[dict]], args, tag: str) -> dict:
+def evaluate(model, tokenizer, splits: dict, general_sets: dict[str, list[dict]], args, tag: str,
+             with_logprobs: bool = False) -> dict:
     """Answer every held-out question once; returns ``{"test": metrics, "valid": metrics, "answers": ...,
-    "logprobs": ...}`` (the log-probability of each answer token, for the confidence gate)."""
+    "logprobs": ...}`` -- with ``with_logprobs``, the log-probability of each answer token of the product
+    questions (what the abstention gate needs; otherwise ``{}``)."""
     answers, logprobs = {}, {}
     for split in ("test", "valid"):
         for key in (split, f"decline_{split}"):
             if splits.get(key):
-                what = split if key == split else f"{split} (not in the docs)"
-                answers[key], logprobs[key] = generate_chat_with_logprobs(
-                    model, tokenizer, [r["messages"][:-1] for r in splits[key]], args.max_new_tokens,
-                    args.eval_batch_size, f"{tag}: {what}")
+                what = f"{tag}: {split}" + ("" if key == split else " (not in the docs)")
+                prompts = [r["messages"][:-1] for r in splits[key]]
+                if with_logprobs:
+                    answers[key], logprobs[key] = generate_chat_with_logprobs(
+                        model, tokenizer, prompts, args.max_new_tokens, args.eval_batch_size, what)
+                else:
+                    answers[key] = generate_chat(model, tokenizer, prompts, args.max_new_tokens,
+                                                 args.eval_batch_size, what)
     metrics = {split: split_metrics(answers, splits, split) for split in ("test", "valid")}
     metrics["test"]["answer_perplexity"] = completion_perplexity(
         model, tokenizer, [r["messages"][:-1] for r in splits["test"]],
@@ -111,11 +118,15 @@ def confidence(token_logprobs: list[float]) -> float:
     return min(token_logprobs) if token_logprobs else -math.inf
 
 
-def gate_declines(gate: dict, question: str, answer: str, token_logprobs: list[float]) -> bool:
-    """Whether the abstention gate replaces ``answer`` by the decline (see :func:`choose_gate`)."""
-    words = gate["_words"] if "_words" in gate else set(gate["vocabulary"])
-    return (bool(ungrounded(question, words)) or bool(ungrounded(answer, words))
-            or (gate["threshold"] is not None and confidence(token_logprobs) < gate["threshold"]))
+def gate_rule(gate: dict) -> Callable[[str, str, list[float]], bool]:
+    """The abstention gate (``vocabulary`` and ``threshold``, as :func:`choose_gate` returns it and train.py stores
+    it in ``inference.json``) as a test ``(question, answer, answer token log-probs) -> decline?``."""
+    words, threshold = set(gate["vocabulary"]), gate["threshold"]
+
+    def declines(question: str, answer: str, token_logprobs: list[float]) -> bool:
+        return (bool(ungrounded(question, words)) or bool(ungrounded(answer, words))
+                or (threshold is not None and confidence(token_logprobs) < threshold))
+    return declines
 
 
 def choose_gate(tuned: dict, splits: dict, docs: str, max_false_abstention: float) -> dict:
@@ -124,9 +135,9 @@ def choose_gate(tuned: dict, splits: dict, docs: str, max_false_abstention: floa
     threshold is the highest that keeps the declined answerable validation questions within
     ``max_false_abstention`` (what grounding alone declines there counts against that budget first)."""
     words = vocabulary(docs)
-    gate = {"threshold": None, "_words": set(words)}
+    words_only = gate_rule({"vocabulary": words, "threshold": None})
     rows, answers, logprobs = splits["valid"], tuned["answers"]["valid"], tuned["logprobs"]["valid"]
-    grounded = [not gate_declines(gate, r["messages"][1]["content"], a, lp)
+    grounded = [not words_only(r["messages"][1]["content"], a, lp)
                 for r, a, lp in zip(rows, answers, logprobs, strict=True)]
     budget = math.floor(max_false_abstention * len(rows)) - grounded.count(False)
     scores = sorted(confidence(lp) for lp, ok in zip(logprobs, grounded) if ok)
@@ -142,10 +153,10 @@ def choose_gate(tuned: dict, splits: dict, docs: str, max_false_abstention: floa
 def apply_gate(result: dict, splits: dict, gate: dict) -> dict:
     """``result`` (from :func:`evaluate`) with every answer the gate stops replaced by the decline, rescored.
     The model's own scores are kept under ``"ungated"``; general-knowledge answers are left as they are."""
-    gate = {**gate, "_words": set(gate["vocabulary"])}
+    declines = gate_rule(gate)
     answers = dict(result["answers"])
     for key, token_logprobs in result["logprobs"].items():
-        answers[key] = [gate["decline"] if gate_declines(gate, r["messages"][1]["content"], a, lp) else a
+        answers[key] = [gate["decline"] if declines(r["messages"][1]["content"], a, lp) else a
                         for r, a, lp in zip(splits[key], result["answers"][key], token_logprobs, strict=True)]
     gated = {**result, "answers": answers, "answers_ungated": result["answers"],
              "ungated": {s: result[s] for s in ("test", "valid")}}

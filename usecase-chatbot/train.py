@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
 
     # 4. The same evaluation on the fine-tuned model (best checkpoint by validation loss)
-    tuned = scoring.evaluate(trainer.model, tokenizer, splits, general_sets, args, "fine-tuned")
+    tuned = scoring.evaluate(trainer.model, tokenizer, splits, general_sets, args, "fine-tuned",
+                             with_logprobs=args.abstention_gate)
     logger.info("fine-tuned: fact accuracy %.3f", tuned["test"]["fact_accuracy"])
     # The abstention gate: a question or answer naming what the docs never mention, or an answer the model was
     # unsure of, becomes the decline. It is fixed on the validation questions; the test split is then scored
