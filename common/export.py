@@ -34,13 +34,49 @@ def parity_tolerance(dtype: torch.dtype) -> float:
     return {torch.float32: 1e-3, torch.float16: 2e-2, torch.bfloat16: 1e-1}.get(dtype, 1e-3)
 
 
+def is_quantized(peft_model) -> bool:
+    """Whether the base under a PEFT model holds k-bit (bitsandbytes) weights, i.e. it trained as QLoRA."""
+    base = peft_model.get_base_model() if hasattr(peft_model, "get_base_model") else peft_model
+    return getattr(base, "hf_quantizer", None) is not None
+
+
+def unquantized_copy(peft_model):
+    """The QLoRA base reloaded *without* quantization, in its compute dtype, carrying the trained adapter.
+
+    Merging LoRA into 4-bit weights would round ``W + BA`` back to NF4 and lose most of what the adapter
+    learned; the standard QLoRA export merges into the half-precision base instead (what the merged model is
+    then served as). The copy lives beside the quantized model for the time of the export.
+    """
+    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+    from transformers import AutoModelForCausalLM
+
+    from common.models import resolve_model
+
+    base = peft_model.get_base_model()
+    name = peft_model.active_adapter
+    lora = peft_model.peft_config[name]
+    quant = getattr(base.hf_quantizer, "quantization_config", None)
+    dtype = getattr(quant, "bnb_4bit_compute_dtype", None) or base.dtype
+    device = next(peft_model.parameters()).device
+    plain = AutoModelForCausalLM.from_pretrained(resolve_model(lora.base_model_name_or_path), dtype=dtype,
+                                                 use_safetensors=True).to(device)
+    vocab = base.get_input_embeddings().num_embeddings
+    if plain.get_input_embeddings().num_embeddings != vocab:  # the tokenizer gained a pad token before training
+        plain.resize_token_embeddings(vocab)
+    copy = get_peft_model(plain, lora)
+    set_peft_model_state_dict(copy, get_peft_model_state_dict(peft_model, adapter_name=name))
+    return copy
+
+
 def merge_and_export(peft_model, tokenizer, out_dir: str | Path, probe: Sequence[list[dict]],
                      card: dict | None = None, atol: float | None = None) -> float:
     """Fold the LoRA weights into the base model, check parity on ``probe`` prompts, and save.
 
     The merged model's logits must equal base+adapter logits within ``atol`` (default:
     :func:`parity_tolerance` of the weights' dtype; dropout off); otherwise nothing is written and
-    ``RuntimeError`` is raised. ``peft_model`` is merged *in place*.
+    ``RuntimeError`` is raised. ``peft_model`` is merged *in place* -- unless its base is quantized (QLoRA): then
+    the adapter is merged into an unquantized copy of the base (:func:`unquantized_copy`) and the parity check
+    compares against that copy with the adapter unmerged.
 
     A model that trained under mixed precision carries accelerate's autocast wrapper on its ``forward``;
     it is removed first, so both sides run in the weights' own precision (bf16 autocast on one side only
@@ -53,6 +89,8 @@ def merge_and_export(peft_model, tokenizer, out_dir: str | Path, probe: Sequence
 
     out = Path(out_dir)
     peft_model = extract_model_from_parallel(peft_model, keep_fp32_wrapper=False)
+    if is_quantized(peft_model):
+        peft_model = unquantized_copy(peft_model)
     peft_model.eval()
     if atol is None:
         atol = parity_tolerance(next(peft_model.parameters()).dtype)

@@ -265,3 +265,17 @@ def test_predict_human_readable_says_method_and_range(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "estimated repair cost" in proc.stdout and "method: table" in proc.stdout and "range" in proc.stdout
     assert "cost table:" in proc.stdout and " h x " in proc.stdout
+
+
+def test_explain_feeds_the_model_in_its_own_dtype_and_device(tmp_path):
+    """After training on a GPU, train.py explains example photos with the model where it trained (CUDA, bf16
+    autocast weights or bf16 weights); photos were fed as CPU fp32 and the H200 run failed. A bf16 model on the CPU
+    is the same mismatch here."""
+    run = _trained_dir(tmp_path)
+    predict = load_sibling(RECIPE / "train.py", "predict")
+    model, cfg = mt.load_multitask(run)
+    photo = tmp_path / "car.png"
+    Image.new("RGB", (48, 48), (120, 40, 40)).save(photo)
+    rows = predict.explain(model.to(torch.bfloat16), cfg, costs.CostTable.load(TABLE), [photo],
+                           report_dir=tmp_path / "annotated")
+    assert rows[0]["damage"] in model.tasks[1].classes and rows[0]["cost"]["low"] <= rows[0]["cost"]["high"]

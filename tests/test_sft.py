@@ -148,6 +148,37 @@ def test_trl_private_attributes_the_cookbook_relies_on_still_exist(tmp_path):
     assert isinstance(trainer._total_train_tokens, int)  # the tokens TRL counts (logged as num_tokens)
 
 
+def test_qlora_export_merges_into_the_unquantized_base(tmp_path):
+    """A QLoRA base (k-bit weights) is not merged into: the adapter goes onto the base reloaded unquantized, and
+    the exported model equals that base + adapter. Quantization is simulated: the in-memory base weights are
+    perturbed (as NF4 rounding would) and flagged the way transformers flags a bitsandbytes model."""
+    from types import SimpleNamespace
+
+    from common.export import is_quantized
+
+    trainer = _trainer(tmp_path, max_steps=4)
+    trainer.train()
+    trainer.save_model(str(tmp_path / "adapter"))
+    trainer.processing_class.save_pretrained(tmp_path / "adapter")
+    base = trainer.model.get_base_model()
+    with torch.no_grad():
+        for n, p in base.named_parameters():
+            if "lora_" not in n and p.ndim == 2:
+                p.add_(0.05 * torch.randn_like(p))  # the "quantization error"
+    base.hf_quantizer = SimpleNamespace(quantization_config=SimpleNamespace(bnb_4bit_compute_dtype=torch.float32))
+    assert is_quantized(trainer.model)
+    probe = [[{"role": "user", "content": q}] for q, _ in QA[:2]]
+    diff = merge_and_export(trainer.model, trainer.processing_class, tmp_path / "merged", probe)
+    assert diff < 1e-3
+    assert hasattr(trainer.model, "peft_config")  # the trained (quantized) model is left as it was
+    merged, tok = load_trained_causal_lm(tmp_path / "merged")
+    adapter, _ = load_trained_causal_lm(tmp_path / "adapter")  # the saved adapter on the real, unperturbed base
+    enc = tok(["Press N to add a sticky note."], return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**enc).logits, adapter(**enc).logits, rtol=1e-4, atol=1e-4)
+        assert (merged(**enc).logits - trainer.model(**enc).logits).abs().max() > 1e-2  # not the perturbed one
+
+
 def test_merge_refuses_to_export_when_parity_fails(tmp_path):
     trainer = _trainer(tmp_path, max_steps=1)
     trainer.train()

@@ -133,6 +133,42 @@ def test_inference_with_bf16_weights_returns_fp32(tmp_path, prepare_data):
     assert where["gradcam_layer"] == backbone.feature_info[-1]["module"]
 
 
+def test_inference_helpers_run_outside_inference_mode(tmp_path, prepare_data):
+    """``predict`` / ``extract_features`` move the model to the GPU when there is one; inside
+    ``torch.inference_mode()`` that move turns every weight into an inference tensor, and the next training step or
+    Grad-CAM fails ("Inference tensors cannot be saved for backward", seen on an H200). A CPU has no move to make,
+    so the mode the model runs in is what is checked."""
+    data, classes = _tiny_data(tmp_path, prepare_data)
+    backbone, _ = vision.load_backbone(vision.TINY_VISION_ALIAS, len(classes))
+    seen = []
+    first_conv = next(m for m in backbone.modules() if isinstance(m, nn.Conv2d))
+    first_conv.register_forward_pre_hook(lambda *_: seen.append(torch.is_inference_mode_enabled()))
+    vision.extract_features(backbone, data["test"])
+    vision.predict(backbone, data["test"])
+    assert seen and not any(seen)
+    assert not any(p.is_inference() for p in backbone.parameters())
+
+
+def test_channels_last_model_saves_and_reloads_through_the_trainer(tmp_path, prepare_data):
+    """On a GPU the vision trainer keeps conv weights channels-last; safetensors refuses such (non-contiguous)
+    tensors, and the first checkpoint failed on an H200. The state dict must come out contiguous and load back."""
+    from transformers import Trainer
+
+    from common.vision.train import to_channels_last
+
+    backbone, _ = vision.load_backbone(vision.TINY_VISION_ALIAS, 5)
+    model = to_channels_last(vision.ImageClassifier(backbone))
+    assert any(not p.is_contiguous() for p in model.parameters())  # what the GPU path trains with
+    Trainer(model=model, args=_args(tmp_path / "run")).save_model(str(tmp_path / "saved"))
+    from safetensors.torch import load_file
+
+    saved = load_file(str(tmp_path / "saved" / "model.safetensors"))
+    fresh = vision.ImageClassifier(vision.load_backbone(vision.TINY_VISION_ALIAS, 5)[0])
+    fresh.load_state_dict(saved)
+    for (name, a), b in zip(model.state_dict().items(), fresh.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)
+
+
 class _SlowFirstCall(nn.Module):
     """A classifier whose first forward pass costs 0.5 s (one-time setup), the following ones nothing."""
 

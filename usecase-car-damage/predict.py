@@ -73,12 +73,14 @@ def explain(model, config: dict, table, images: list[Path], report_dir: Path | N
                       extra.get("cam_method") or "gradcam")
         report_dir.mkdir(parents=True, exist_ok=True)
     none = table.damages.index(costs.NO_DAMAGE) if costs.NO_DAMAGE in table.damages else None
+    weight = next(p for p in model.parameters() if p.is_floating_point())
+    placement = {"device": weight.device, "dtype": weight.dtype}
     results, used = [], set()
     for path in images:
         image = load_rgb(path)
-        x = transform(image)[None]
-        with torch.inference_mode():
-            outputs = split_outputs(model(x)["logits"], model.tasks)
+        x = transform(image)[None].to(**placement)  # where the model is (a GPU after training there), its dtype
+        with torch.no_grad():
+            outputs = split_outputs(model(x)["logits"].float().cpu(), model.tasks)
         result, confidences = {"image": str(path)}, {}
         for task in model.tasks:
             if task.is_classification:

@@ -16,7 +16,8 @@ from common.vision.images import load_rgb
 from common.vision.models import inference_device, model_dtype, unwrap
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: it would turn the weights moved to a GPU here into inference
+# tensors, which autograd then refuses in training and Grad-CAM (seen on an H200)
 def predict(model: nn.Module, dataset: ImageDataset, batch_size: int = 64, warmup: int = 1) -> tuple[np.ndarray, float]:
     """Softmax probabilities (fp32) of every image and the inference throughput (images/s, decoding included).
 

@@ -264,7 +264,8 @@ def split_outputs(logits: torch.Tensor, tasks: Sequence[Task]) -> dict[str, np.n
     return out
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: it would turn the weights moved to a GPU here into inference
+# tensors, which autograd then refuses in training and Grad-CAM (seen on an H200)
 def predict_multitask(model: MultiTaskModel, dataset: MultiTaskDataset, batch_size: int = 64,
                       warmup: int = 1) -> tuple[dict[str, np.ndarray], float]:
     """Every head's output on ``dataset`` (see :func:`split_outputs`) and the throughput (images/s, decoding

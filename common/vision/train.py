@@ -34,7 +34,8 @@ def _features_key(model: nn.Module, dataset: ImageDataset, cache: str | Path) ->
     return Path(cache) / f"features-{h.hexdigest()[:20]}.safetensors"
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: it would turn the weights moved to a GPU here into inference
+# tensors, which autograd then refuses in training and Grad-CAM (seen on an H200)
 def extract_features(model: nn.Module, dataset: ImageDataset, cache: str | Path | None = None,
                      batch_size: int = 64) -> tuple[torch.Tensor, bool]:
     """Pooled backbone features (before the head) of every image, in fp32; returns ``(features, from_cache)``.
@@ -102,6 +103,21 @@ def compute_metrics(eval_pred) -> dict[str, float]:
             "macro_f1": float(f1_score(labels, preds, average="macro", zero_division=0))}
 
 
+def _contiguous_state(module, state_dict, prefix, local_metadata) -> None:
+    for key, value in state_dict.items():
+        if isinstance(value, torch.Tensor):
+            state_dict[key] = value.contiguous()
+
+
+def to_channels_last(model: nn.Module) -> nn.Module:
+    """Conv weights in channels-last layout (faster convolutions on a GPU), still saveable: safetensors refuses
+    non-contiguous tensors, which channels-last conv weights are, so ``state_dict()`` hands out contiguous copies
+    (checkpoints, the best-model reload and the final save all go through it)."""
+    model = model.to(memory_format=torch.channels_last)
+    model.register_state_dict_post_hook(_contiguous_state)
+    return model
+
+
 def build_trainer(model: ImageClassifier, args, train_ds, eval_ds, early_stopping_patience: int = 0):
     """An HF Trainer for an :class:`ImageClassifier`: task-metric model selection, early stopping, resume."""
     from transformers import Trainer
@@ -112,7 +128,7 @@ def build_trainer(model: ImageClassifier, args, train_ds, eval_ds, early_stoppin
     args.label_names = ["labels"]
     args.remove_unused_columns = False
     if detect().device == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+        model = to_channels_last(model)
     return Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                    compute_metrics=compute_metrics, callbacks=early_stopping_callbacks(args, early_stopping_patience))
 
