@@ -108,6 +108,25 @@ def test_bundled_data_holds_out_whole_conditions_on_both_sides_of_the_line():
             assert scoring.escalates(r["rejected"][0]["content"]) is not r["red_flag"], (r["condition"], r["failure"])
 
 
+def test_extra_conditions_join_their_split_and_may_not_reuse_an_id(tmp_path):
+    import yaml
+
+    none = {s: None for s in prepare.SPLITS}
+    extra = "usecase-medical/data/experiments/alarming_everyday.yaml"
+    base = prepare.load_splits("usecase-medical/data/conditions.yaml", prepare.SYSTEM_PROMPT, none)
+    more = prepare.load_splits("usecase-medical/data/conditions.yaml", prepare.SYSTEM_PROMPT, none,
+                               extra_conditions_file=extra)
+    added = {r["condition"] for r in more["train"]} - {r["condition"] for r in base["train"]}
+    assert added == {c["id"] for c in yaml.safe_load((FOLDER / "data/experiments/alarming_everyday.yaml").read_text())}
+    assert len(more["train"]) == len(base["train"]) + 7 * 9 and more["test"] == base["test"]
+    assert all(not r["red_flag"] for r in more["train"] if r["condition"] in added)
+    clash = tmp_path / "clash.yaml"
+    clash.write_text(yaml.safe_dump(yaml.safe_load((FOLDER / "data/conditions.yaml").read_text())[:1]))
+    with pytest.raises(DataError, match=r"clash.yaml: condition id\(s\) \['heart_attack'\] already in"):
+        prepare.load_splits("usecase-medical/data/conditions.yaml", prepare.SYSTEM_PROMPT, none,
+                            extra_conditions_file=str(clash))
+
+
 @pytest.mark.parametrize("edit, problem", [
     (lambda c: c.pop("advice"), r"item 1 \(heart_attack\): missing field\(s\) \['advice'\]"),
     (lambda c: c.update(split="holdout"), r"item 1 \(heart_attack\): split must be one of"),

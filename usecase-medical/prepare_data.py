@@ -151,9 +151,9 @@ def load_user_split(source: str, system_prompt: str) -> list[dict]:
 
 def load_splits(conditions_file: str, system_prompt: str, files: dict[str, str | None],
                 max_conditions: int | None = None, max_eval_conditions: int | None = None,
-                failures: list[str] | None = None) -> dict[str, list[dict]]:
-    """The three splits, from the bundled conditions or from the user's files, all validated before any model
-    loads (schema of every row, and no prompt in two splits)."""
+                failures: list[str] | None = None, extra_conditions_file: str | None = None) -> dict[str, list[dict]]:
+    """The three splits, from the bundled conditions (plus ``extra_conditions_file``'s, if given) or from the
+    user's files, all validated before any model loads (schema of every row, and no prompt in two splits)."""
     if any(files.values()):
         if not all(files.values()):
             raise DataError(f"give train_file, valid_file and test_file together (got {files})")
@@ -163,8 +163,15 @@ def load_splits(conditions_file: str, system_prompt: str, files: dict[str, str |
         unknown = set(failures or []) - set(FAILURES)
         if unknown:
             raise DataError(f"failures: unknown kind(s) {sorted(unknown)}; choose from {FAILURES}")
-        splits = build_splits(read_conditions(repo_path(conditions_file)), system_prompt, max_conditions,
-                              max_eval_conditions, failures)
+        conditions = read_conditions(repo_path(conditions_file))
+        if extra_conditions_file:
+            extra = read_conditions(repo_path(extra_conditions_file))
+            clash = sorted({c["id"] for c in conditions} & {c["id"] for c in extra})
+            if clash:
+                raise DataError(f"{extra_conditions_file}: condition id(s) {clash} already in {conditions_file}")
+            conditions += extra
+            conditions_file = f"{conditions_file} + {extra_conditions_file}"
+        splits = build_splits(conditions, system_prompt, max_conditions, max_eval_conditions, failures)
         sources = {s: f"{conditions_file} ({s} split)" for s in SPLITS}
         for s in SPLITS:
             validate_rows(splits[s], "preference", sources[s])

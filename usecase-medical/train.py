@@ -44,6 +44,7 @@ logger = logging.getLogger("medical")
 class MedicalArguments:
     stage: str = "all"  # all | sft | dpo (dpo continues from OUTPUT_DIR/sft)
     conditions_file: str = "usecase-medical/data/conditions.yaml"
+    extra_conditions_file: str | None = None  # more conditions, same fields, added to the bundled ones
     train_file: str | None = None  # your own pairs instead (JSONL or hub "name:split"; see prepare_data.py)
     valid_file: str | None = None
     test_file: str | None = None
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     # 1. Data: preference pairs, validated (schema, no prompt in two splits) before any model loads
     splits = prepare.load_splits(args.conditions_file, args.system_prompt, {
         "train": args.train_file, "valid": args.valid_file, "test": args.test_file},
-        args.max_conditions, args.max_eval_conditions, args.failures)
+        args.max_conditions, args.max_eval_conditions, args.failures, args.extra_conditions_file)
     questions = {s: prepare.questions(rows) for s, rows in splits.items()}
     general_sets = {k: scoring.read_general(repo_path(v), args.max_general_questions) for k, v in
                     {"general": args.general_questions_file, "general_other": args.general_other_file}.items() if v}
