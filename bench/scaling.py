@@ -1,6 +1,6 @@
 """Is the cost of fine-tuning linear in the data? The cookbook's SFT trainer on 1x, 2x and 4x the chatbot's rows.
 
-    python bench/scaling.py                      # ~4 min on 2 cores; writes runs/bench/scaling.json
+    python bench/scaling.py                      # ~3.5 min on 2 cores; writes runs/bench/scaling.json
     python bench/scaling.py --scales 1 4 --steps 6
 
 Per scale, in its own process (so that peak memory is its own), with the model, LoRA settings and batch of
@@ -73,7 +73,7 @@ def run_scale(scale: int, steps: int) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scales", type=int, nargs="+", default=[1, 2, 4])
-    parser.add_argument("--steps", type=int, default=8, help="timed optimizer steps per scale")
+    parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per scale")
     parser.add_argument("--out", default="runs/bench/scaling.json")
     parser.add_argument("--scale", type=int, help=argparse.SUPPRESS)  # internal: one scale in this process
     args = parser.parse_args(argv)
