@@ -132,6 +132,21 @@ def test_ungrounded_names_and_figures(chatbot_train, text, found):
     assert scoring.ungrounded(text, set(scoring.vocabulary(DOCS))) == found
 
 
+@pytest.mark.parametrize("question, answer, off", [
+    ("What is Brightboard's phone number?", "The desktop app keeps working offline and syncs changes.", True),
+    ("Do monthly plans get a refund?", "Brightboard keeps working offline when you reconnect.", True),
+    ("How much does the Team plan cost?", "The Team plan costs $9 per member per month.", False),
+    ("Which boards can guests edit?", "Guests can edit a board they are invited to.", False),  # board(s) ~ board
+    ("What is Brightboard?", "Brightboard is a whiteboard.", True),  # the product name alone is no shared topic
+])
+def test_off_topic_answers_share_no_content_word_with_the_question(chatbot_train, question, answer, off):
+    scoring = chatbot_train.scoring
+    assert scoring.off_topic(question, answer) is off
+    gate = {"vocabulary": scoring.vocabulary(question + " " + answer), "threshold": None}
+    assert scoring.gate_rule({**gate, "relevance": True})(question, answer, [-0.1]) is off
+    assert scoring.gate_rule(gate)(question, answer, [-0.1]) is False  # off by default
+
+
 def test_the_gate_is_fixed_on_validation_and_declines_within_its_budget(chatbot_train):
     scoring = chatbot_train.scoring
     decline = "I'm sorry, I don't have that information."

@@ -14,7 +14,8 @@
 
 The abstention gate: an answer is replaced by the decline when the question or the answer names a word or figure
 the help center never uses ("Notion", "Enterprise", "$99"), or when the model gave its least likely token a
-log-probability below a threshold. The threshold is chosen on the *validation* questions only
+log-probability below a threshold; with ``abstention_relevance``, also when the answer shares no content word
+with the question. The threshold is chosen on the *validation* questions only
 (:func:`choose_gate`); the test split is scored through the gate, and chat.py applies the same rule.
 """
 
@@ -118,24 +119,53 @@ def confidence(token_logprobs: list[float]) -> float:
     return min(token_logprobs) if token_logprobs else -math.inf
 
 
+# Words a question and its answer share without sharing a topic (function words, question words, the product).
+FUNCTION_WORDS = frozenset(
+    "a an the is are was were be been am of to in on for and or but with without by at as from per into about than "
+    "then if do does did done can could would should will shall may might must have has had get gets got i me my "
+    "we us our you your it its this that these those there what which who whom whose how why when where many much "
+    "any some brightboard".split())
+
+
+def _stem(word: str) -> str:
+    for suffix in ("ing", "ies", "es", "ed", "s"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            return word[:-len(suffix)]
+    return word
+
+
+def topic_words(text: str) -> set[str]:
+    """The content words of ``text``, crudely stemmed ("costs" -> "cost", "boards" -> "board")."""
+    return {_stem(w) for w in re.findall(r"[a-z0-9]+", text.lower()) if w not in FUNCTION_WORDS and len(w) > 1}
+
+
+def off_topic(question: str, answer: str) -> bool:
+    """The answer shares no content word with the question ("What is Brightboard's phone number?" -> "The desktop
+    app keeps working offline ..."): a fluent sentence from the docs about something else."""
+    return not topic_words(question) & topic_words(answer)
+
+
 def gate_rule(gate: dict) -> Callable[[str, str, list[float]], bool]:
-    """The abstention gate (``vocabulary`` and ``threshold``, as :func:`choose_gate` returns it and train.py stores
-    it in ``inference.json``) as a test ``(question, answer, answer token log-probs) -> decline?``."""
-    words, threshold = set(gate["vocabulary"]), gate["threshold"]
+    """The abstention gate (``vocabulary``, ``threshold`` and ``relevance``, as :func:`choose_gate` returns it and
+    train.py stores it in ``inference.json``) as a test ``(question, answer, answer token log-probs) -> decline?``."""
+    words, threshold, relevance = set(gate["vocabulary"]), gate["threshold"], gate.get("relevance", False)
 
     def declines(question: str, answer: str, token_logprobs: list[float]) -> bool:
         return (bool(ungrounded(question, words)) or bool(ungrounded(answer, words))
+                or (relevance and off_topic(question, answer))
                 or (threshold is not None and confidence(token_logprobs) < threshold))
     return declines
 
 
-def choose_gate(tuned: dict, splits: dict, docs: str, max_false_abstention: float) -> dict:
+def choose_gate(tuned: dict, splits: dict, docs: str, max_false_abstention: float,
+                relevance: bool = False) -> dict:
     """The abstention gate, fixed on the validation split only. It declines when the question or the answer
-    names something the help center never mentions, or when the model was unsure of its answer: the confidence
+    names something the help center never mentions, with ``relevance`` also when the answer shares no content word
+    with the question (:func:`off_topic`), or when the model was unsure of its answer: the confidence
     threshold is the highest that keeps the declined answerable validation questions within
-    ``max_false_abstention`` (what grounding alone declines there counts against that budget first)."""
+    ``max_false_abstention`` (what the word checks alone decline there counts against that budget first)."""
     words = vocabulary(docs)
-    words_only = gate_rule({"vocabulary": words, "threshold": None})
+    words_only = gate_rule({"vocabulary": words, "threshold": None, "relevance": relevance})
     rows, answers, logprobs = splits["valid"], tuned["answers"]["valid"], tuned["logprobs"]["valid"]
     grounded = [not words_only(r["messages"][1]["content"], a, lp)
                 for r, a, lp in zip(rows, answers, logprobs, strict=True)]
@@ -143,8 +173,9 @@ def choose_gate(tuned: dict, splits: dict, docs: str, max_false_abstention: floa
     scores = sorted(confidence(lp) for lp, ok in zip(logprobs, grounded) if ok)
     threshold = scores[min(budget, len(scores) - 1)] if budget >= 0 and scores else None  # None: grounding only
     return {"rule": "decline when the question or the answer names a word or figure the help center never uses, "
-                    "or when the answer's least likely token has log-probability < threshold",
-            "threshold": threshold, "max_false_abstention": max_false_abstention, "chosen_on": "validation",
+                    + ("when the answer shares no content word with the question, " if relevance else "")
+                    + "or when the answer's least likely token has log-probability < threshold",
+            "threshold": threshold, "relevance": relevance, "max_false_abstention": max_false_abstention, "chosen_on": "validation",
             "validation_declined_by_grounding": grounded.count(False), "validation_questions": len(rows),
             "decline": splits["decline_valid"][0]["messages"][-1]["content"],  # the one decline answer
             "vocabulary": words}

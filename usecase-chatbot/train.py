@@ -47,6 +47,7 @@ class ChatbotArguments:
     max_unanswerable: int | None = None  # the first N unanswerable questions of each split (None: all)
     abstention_gate: bool = True  # decline ungrounded or unsure answers (needs unanswerable_file; see README)
     max_false_abstention: float = 0.05  # the gate declines at most this share of answerable validation questions
+    abstention_relevance: bool = False  # the gate also declines answers sharing no content word with the question
     replay_questions_file: str | None = "usecase-chatbot/data/replay_questions.yaml"  # None: no replay
     num_replay_questions: int | None = None  # the first N replay questions (None: all)
     replay_sentences: int = 1  # keep the first N sentences of each replay answer (0: all of it)
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
     gate = None
     if args.abstention_gate:
         docs = repo_path(args.docs_file).read_text(encoding="utf-8")
-        gate = scoring.choose_gate(tuned, splits, docs, args.max_false_abstention)
+        gate = scoring.choose_gate(tuned, splits, docs, args.max_false_abstention, args.abstention_relevance)
         tuned = scoring.apply_gate(tuned, splits, gate)
         logger.info("abstention gate: abstention %.3f, false abstention %.3f (test)",
                     tuned["test"].get("abstention_rate", float("nan")), tuned["test"]["false_abstention_rate"])
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer.save_pretrained(out)
     (out / "inference.json").write_text(json.dumps(
         {"system_prompt": args.system_prompt, "max_new_tokens": args.max_new_tokens,
-         "abstention_gate": gate and {k: gate[k] for k in ("threshold", "decline", "vocabulary")}}, indent=2))
+         "abstention_gate": gate and {k: gate[k] for k in ("threshold", "relevance", "decline", "vocabulary")}}, indent=2))
     if args.export_merged and model_args.use_peft:
         train_stats["merge_max_abs_logit_diff"] = merge_and_export(
             trainer.model, tokenizer, out / "merged", [r["messages"][:-1] for r in splits["test"][:4]],
