@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
         result = run_scale(args.scale, args.steps)
         print(json.dumps(result))
         return result
-    from trainers import _cpu
+    from trainers import _cpu, write_report
 
     report: dict = {"cpu": _cpu(), "steps": args.steps, "scales": {}}
     for scale in args.scales:
@@ -99,12 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
         "setup_s": round(last["setup_s"] / first["setup_s"], 2),
         "tokens_per_s": round(last["tokens_per_s"] / first["tokens_per_s"], 2),
         "peak_rss_mb": round(last["peak_rss_mb"] / first["peak_rss_mb"], 2)}
-    out = REPO / args.out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report["ratios_last_vs_first"], indent=2))
-    print(f"wrote {out}")
-    return report
+    return write_report(report, args.out, "ratios_last_vs_first")
 
 
 if __name__ == "__main__":

@@ -243,11 +243,16 @@ def main(argv: list[str] | None = None) -> dict:
     for case in TEXT_CASES:
         peak = report["matmul_peak_gflops"][c[case]["precision"] if c[case]["precision"] != "fp16" else "fp32"]
         c[case]["share_of_matmul_peak"] = round(c[case]["achieved_gflops"] / peak, 3)
-    out = REPO / args.out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report["ratios"], indent=2))
-    print(f"wrote {out}")
+    return write_report(report, args.out, "ratios")
+
+
+def write_report(report: dict, out: str, summary: str) -> dict:
+    """Write ``report`` as JSON under the repository and print its ``summary`` entry."""
+    path = REPO / out
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report[summary], indent=2))
+    print(f"wrote {path}")
     return report
 
 
