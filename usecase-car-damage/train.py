@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = {
         "usecase": "car-damage", "model": model_args.model_name_or_path, "method": model_args.method,
         "hardware": detect().describe(training_precision(args)),
-        "train": {"seconds": round(train["seconds"], 1), "throughput": {"value": round(train["img_per_s"], 1),
+        "train": {"seconds": round(train["seconds"], 3), "throughput": {"value": round(train["img_per_s"], 1),
                   "unit": "img/s"}, "peak_memory_mb": round(peak_memory_mb(), 1), "images_seen": train["images"],
                   "trainable_parameters": trainable, "total_parameters": total, "image_size": size},
         "primary_metric": "damage_macro_f1" if "damage" in present else mt.selection_score.__name__,

@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         model=model_args.model_name_or_path, method="SFT (LoRA), then DPO (LoRA, SFT model as reference)",
         hardware=hw.describe(training_precision(training_args)),
         train={**{k: dpo_stats[k] for k in ("throughput", "trainable_parameters", "total_parameters")},
-               "seconds": round((sft_stats or {}).get("seconds", 0) + dpo_stats["seconds"], 1),
+               "seconds": round((sft_stats or {}).get("seconds", 0) + dpo_stats["seconds"], 3),
                "peak_memory_mb": max((sft_stats or {}).get("peak_memory_mb", 0), dpo_stats["peak_memory_mb"]),
                "sft": sft_stats, "dpo": dpo_stats},
         dpo_trainer_test_metrics={k: v for k, v in trl_test.items() if "rewards" in k or k == "test_loss"},
