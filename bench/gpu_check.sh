@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The cookbook's CUDA paths, checked on one GPU, one step after another (nothing else running meanwhile):
 #
-#   bash bench/gpu_check.sh [OUT_DIR]           # default runs/gpu-check; ~8 min on one H100 / H200
+#   bash bench/gpu_check.sh [OUT_DIR]           # default runs/gpu-check; stops at GPU_CHECK_SECONDS (520 s)
 #
 # Steps (each under its own time limit; a step that fails is logged and the next one runs; steps that no longer
 # fit in GPU_CHECK_SECONDS are skipped):
