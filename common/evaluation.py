@@ -34,12 +34,30 @@ def generate_chat_with_logprobs(model, tokenizer, conversations: Sequence[list[d
     return _generate(model, tokenizer, conversations, max_new_tokens, batch_size, desc, scores=True)
 
 
+def sample_chat(model, tokenizer, conversations: Sequence[list[dict]], num_samples: int, max_new_tokens: int = 64,
+                batch_size: int = 16, temperature: float = 0.7, top_p: float = 0.95, seed: int = 0,
+                desc: str = "sampling") -> list[list[str]]:
+    """``num_samples`` sampled answers to each chat prompt (temperature + nucleus sampling), for a caller that
+    checks candidates and keeps the best (see the legal recipe's fact check).
+
+    ``batch_size`` counts prompts; each batch generates ``batch_size * num_samples`` sequences. The random
+    generator is seeded once per batch from ``seed``, so the same prompts, batch size and seed give the same samples.
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    flat = _generate(model, tokenizer, conversations, max_new_tokens, batch_size, desc, scores=False,
+                     sampling={"num_return_sequences": num_samples, "temperature": temperature, "top_p": top_p,
+                               "seed": seed})[0]
+    return [flat[i * num_samples:(i + 1) * num_samples] for i in range(len(conversations))]
+
+
 @torch.inference_mode()
-def _generate(model, tokenizer, conversations, max_new_tokens, batch_size, desc, scores):
+def _generate(model, tokenizer, conversations, max_new_tokens, batch_size, desc, scores, sampling=None):
     model.eval()
+    n = sampling["num_return_sequences"] if sampling else 1
     texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    answers: list[str] = [""] * len(texts)
+    answers: list[str] = [""] * (len(texts) * n)
     logprobs: list[list[float]] = [[] for _ in texts]
     padding_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
@@ -49,13 +67,20 @@ def _generate(model, tokenizer, conversations, max_new_tokens, batch_size, desc,
             idx = order[start:start + batch_size]
             enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True,
                             add_special_tokens=False).to(device)
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+            if sampling:
+                torch.manual_seed(sampling["seed"] + start)
+                decoding = {"do_sample": True, "temperature": sampling["temperature"], "top_p": sampling["top_p"],
+                            "num_return_sequences": n}
+            else:
+                decoding = {"do_sample": False}
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, **decoding,
                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                                  output_scores=scores, return_dict_in_generate=True)
             new = out.sequences[:, enc["input_ids"].shape[1]:]
             token_lp = (model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
                         if scores else None)
-            for row, (i, seq) in enumerate(zip(idx, new)):
+            for row, seq in enumerate(new):  # generate() returns a prompt's n sequences one after another
+                i = idx[row // n] * n + row % n
                 answers[i] = tokenizer.decode(seq, skip_special_tokens=True).strip()
                 if scores:
                     ends = [t for t, tok in enumerate(seq.tolist()) if tok == tokenizer.eos_token_id]

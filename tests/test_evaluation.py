@@ -133,3 +133,23 @@ def test_completion_perplexity_scores_only_the_answer():
 
 def test_empty_key_terms_list_is_never_correct():
     assert not key_terms_score("any answer", [])
+
+
+def test_sample_chat_groups_samples_by_prompt_and_is_seeded():
+    """Near-zero temperature samples the greedy answer: every prompt's samples must be its own greedy answer, in
+    input order (prompts are sorted by length inside); a fixed seed repeats real samples exactly."""
+    from common.config import ModelArguments
+    from common.evaluation import sample_chat
+    from common.models import TINY_TEXT_ALIAS, load_causal_lm, load_tokenizer
+
+    tok = load_tokenizer(TINY_TEXT_ALIAS)
+    model = load_causal_lm(ModelArguments(model_name_or_path=TINY_TEXT_ALIAS))
+    prompts = [[{"role": "user", "content": "a " * n}] for n in (9, 1, 5)]
+    greedy = generate_chat(model, tok, prompts, max_new_tokens=5, batch_size=2)
+    near_greedy = sample_chat(model, tok, prompts, 3, max_new_tokens=5, batch_size=2, temperature=1e-4, top_p=1.0)
+    assert near_greedy == [[g] * 3 for g in greedy]
+    hot = [sample_chat(model, tok, prompts, 4, max_new_tokens=5, batch_size=2, temperature=1.5, seed=7)
+           for _ in range(2)]
+    assert hot[0] == hot[1] and any(len(set(s)) > 1 for s in hot[0])  # seeded, and really sampled
+    with pytest.raises(ValueError, match="num_samples must be >= 1"):
+        sample_chat(model, tok, prompts, 0)

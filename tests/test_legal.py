@@ -120,6 +120,46 @@ def test_a_misspelled_party_is_still_invented():
     assert facts.invented_facts("From Betta LLC, Acme Corp gets USD 1,250 a month.", CLAUSE) == ["Betta LLC"]
 
 
+def test_check_needs_no_reference():
+    clause = ('Acme Corp (the "Buyer") shall pay Zenith Ltd (the "Seller") One Thousand Euros (EUR 1,000) within '
+              'thirty (30) days.')
+    assert facts.check("Acme Corp pays Zenith Ltd EUR 1,000 within 30 days.", clause) == (4, 4, [])
+    kept, total, invented = facts.check("The buyer pays EUR 1,000 within 45 days to Zenith Ltd.", clause)
+    assert (kept, total) == (2, 4) and invented == ["45 days"]
+
+
+def test_fact_check_redraws_only_failing_summaries_and_keeps_the_best(monkeypatch):
+    """A passing greedy summary is kept (no sampling asked for it); a failing one is replaced by the candidate with
+    the most facts kept, less two per invented fact; a clause leaves the next round once a candidate passes; with no
+    better candidate the greedy one stays; at most fact_check_samples candidates are drawn per clause."""
+    from argparse import Namespace
+
+    scoring = load_sibling(RECIPE / "train.py", "scoring")
+    monkeypatch.setattr(scoring, "ROUND", 2)
+    clauses = ["Acme Corp shall pay USD 500 within 10 days.", "Zenith Ltd may terminate on 30 days notice.",
+               "Acme Corp shall deliver within 5 days."]
+    greedy = ["Acme Corp pays USD 500 within 10 days.", "Zenith Ltd may end it on notice.", "Acme Corp delivers."]
+    rounds = iter([
+        [["Zenith Ltd may end it on 45 days notice.", "Zenith Ltd may end it on 30 days notice."],
+         ["Acme Corp delivers within 7 days.", "It delivers."]],
+        [["Acme Corp delivers in 7 days."]]])
+    asked = []
+
+    def fake_sample(model, tok, prompts, n, *args):
+        asked.append(([p[-1]["content"] for p in prompts], n))
+        return next(rounds)
+
+    monkeypatch.setattr(scoring, "generate_chat", lambda *a, **k: list(greedy))
+    monkeypatch.setattr(scoring, "sample_chat", fake_sample)
+    args = Namespace(system_prompt="s", max_new_tokens=8, eval_batch_size=4, fact_check_samples=3,
+                     sample_temperature=0.7, sample_top_p=0.95, sample_seed=0)
+    checked, plain_greedy = scoring.summarize(None, None, clauses, args)
+    assert asked == [(clauses[1:], 2), (clauses[2:], 1)] and plain_greedy == greedy
+    assert checked == [greedy[0], "Zenith Ltd may end it on 30 days notice.", greedy[2]]
+    monkeypatch.setattr(scoring, "sample_chat", lambda *a: (_ for _ in ()).throw(AssertionError("sampled")))
+    assert scoring.summarize(None, None, clauses, Namespace(**{**vars(args), "fact_check_samples": 0}))[0] == greedy
+
+
 def test_score_reports_every_metric():
     rows = [{"clause": CLAUSE, "summary": "Beta LLC must pay Acme Corp USD 1,250 a month within 30 days.",
              "facts": ["Beta LLC", "Acme Corp", "USD 1,250", "30 days"]}]
@@ -258,6 +298,15 @@ def test_bad_input_is_a_clear_error_before_any_model_loads(tmp_path, content, me
                           cwd=REPO, capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stdout == ""
+
+
+def test_negative_fact_check_samples_is_refused(tmp_path):
+    from common.errors import ConfigError
+
+    f = tmp_path / "clause.txt"
+    f.write_text("Either party may terminate on thirty (30) days notice.")
+    with pytest.raises(ConfigError, match="--fact_check_samples must be >= 0"):
+        predict.main(["--model_dir", str(tmp_path / "no-model"), "--input", str(f), "--fact_check_samples", "-1"])
 
 
 def test_too_many_clauses_is_refused(tmp_path):

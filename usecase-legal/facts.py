@@ -234,6 +234,24 @@ def invented_facts(summary: str, clause: str) -> list[str]:
     return invented
 
 
+def clause_facts(clause: str) -> tuple[set[tuple], set[str]]:
+    """What a summary of ``clause`` can be checked against without a reference: its number facts (normalized keys)
+    and the company names it holds (as :func:`plain` words). Places and roles are not found this way."""
+    names = {plain(_LEADING_WORDS.sub("", n.strip())) for n in COMPANY.findall(clause)}
+    return fact_keys(clause), {n for n in names if n}
+
+
+def check(summary: str, clause: str) -> tuple[int, int, list[str]]:
+    """Check a summary against its own clause: ``(facts kept, facts checkable, invented facts)``.
+
+    Needs no reference summary, so it runs at prediction time too: the fact check of ``scoring.summarize``.
+    """
+    keys, names = clause_facts(clause)
+    words = f" {plain(summary)} "
+    kept = len(keys & fact_keys(summary)) + sum(f" {n} " in words for n in names)
+    return kept, len(keys) + len(names), invented_facts(summary, clause)
+
+
 def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
     """Mean ROUGE-1/2/L F-measure (0-1) with Google's ``rouge-score`` package (offline, Porter stemming)."""
     import logging

@@ -12,6 +12,9 @@ A clause longer than the model was trained on is cut into sentence groups that f
 model loads: an empty input, a binary or non-UTF-8 file, more than ``--max_bytes`` or more than ``--max_clauses``
 clauses stops with a clear message (exit code 2), so a run is always bounded.
 
+Each summary goes through the fact check (scoring.summarize): a summary that drops a number or company name of its
+clause, or adds one, is re-drawn up to ``--fact_check_samples`` times and the best candidate kept.
+
 ``--json`` prints ``[{"clause": ..., "summary": ...}, ...]`` and nothing else on stdout. Not legal advice.
 """
 
@@ -36,6 +39,7 @@ DISCLAIMER = ("These summaries were written by a small language model; they are 
               "or change a term. Read the contract itself and ask a lawyer before relying on it.")
 SECTION_START = re.compile(r"^\s*(?:(?:section|article|clause)\s+[\dIVXLC]+[\w.]*|\d+(?:\.\d+)*[.)]?(?=\s)|"
                            r"\([a-z]{1,3}\)|[IVX]+\.)\s*", re.IGNORECASE)
+DECODING = {"fact_check_samples": 8, "sample_temperature": 1.0, "sample_top_p": 0.95, "sample_seed": 0}
 MAX_CLAUSE_WORDS = 220  # ~300 tokens: longer clauses are cut at sentence ends (the model trained on <= ~170 words)
 
 
@@ -121,6 +125,8 @@ def load(model_dir: str):
     model, tokenizer, settings = load_for_inference(model_dir)
     settings.setdefault("system_prompt", scoring.DEFAULT_SYSTEM)
     settings.setdefault("max_new_tokens", 112)
+    for key, value in DECODING.items():  # a folder from before the fact check (or a plain model): its defaults
+        settings.setdefault(key, value)
     return model, tokenizer, settings
 
 
@@ -134,8 +140,12 @@ def main(argv: list[str] | None = None, stdin=None) -> None:
     parser.add_argument("--max_bytes", type=int, default=200_000, help="largest input accepted (default 200 kB)")
     parser.add_argument("--max_clauses", type=int, default=60, help="most clauses summarized in one run")
     parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--fact_check_samples", type=int, help="re-draws of a summary that fails the fact check "
+                        "(default: the run's setting, 8; 0 = greedy only, fastest)")
     args = parser.parse_args(argv)
     stdin = stdin or sys.stdin
+    if args.fact_check_samples is not None and args.fact_check_samples < 0:
+        raise ConfigError(f"--fact_check_samples must be >= 0, got {args.fact_check_samples}")
     if args.examples is not None and args.examples < 1:
         raise ConfigError(f"--examples must be >= 1, got {args.examples}")
     if args.examples:
@@ -152,11 +162,11 @@ def main(argv: list[str] | None = None, stdin=None) -> None:
         raise DataError(f"the input splits into {len(clauses)} clauses, more than --max_clauses {args.max_clauses} "
                         f"(~{args.max_clauses * 2} s each on a CPU): summarize part of it, or raise --max_clauses")
 
-    from common.evaluation import generate_chat
-
     model, tokenizer, settings = load(args.model_dir)
-    summaries = generate_chat(model, tokenizer, [scoring.prompt(c, settings["system_prompt"]) for c in clauses],
-                              settings["max_new_tokens"], args.batch_size, desc="summarizing")
+    if args.fact_check_samples is not None:
+        settings["fact_check_samples"] = args.fact_check_samples
+    summaries, _ = scoring.summarize(model, tokenizer, clauses, argparse.Namespace(
+        **settings, eval_batch_size=args.batch_size), desc="summarizing")
     if args.json:
         print(json.dumps([{"clause": c, "summary": s} for c, s in zip(clauses, summaries)], ensure_ascii=False,
                          indent=2))

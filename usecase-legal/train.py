@@ -53,6 +53,18 @@ class LegalArguments:
     system_prompt: str = scoring.DEFAULT_SYSTEM
     max_new_tokens: int = 112
     eval_batch_size: int = 16
+    fact_check_samples: int = 8  # re-draw a summary that fails the fact check this many times (0: greedy only)
+    sample_temperature: float = 1.0  # sampling of the re-drawn candidates (README "Decoding")
+    sample_top_p: float = 0.95
+    sample_seed: int = 0  # the same seed, clauses and batch size give the same candidates
+
+    def __post_init__(self):
+        if self.fact_check_samples < 0:
+            raise ConfigError(f"fact_check_samples must be >= 0 (0 turns the fact check off), got "
+                              f"{self.fact_check_samples}")
+        if self.sample_temperature <= 0 or not 0 < self.sample_top_p <= 1:
+            raise ConfigError(f"sample_temperature must be > 0 and sample_top_p in (0, 1], got "
+                              f"{self.sample_temperature} and {self.sample_top_p}")
     early_stopping_patience: int | None = 2
     export_merged: bool = True
 
@@ -108,7 +120,8 @@ def main(argv: list[str] | None = None) -> dict:
     trainer.save_model(str(out))
     tokenizer.save_pretrained(out)
     (out / "inference.json").write_text(json.dumps(
-        {"system_prompt": args.system_prompt, "max_new_tokens": args.max_new_tokens}, indent=2))
+        {key: getattr(args, key) for key in ("system_prompt", "max_new_tokens", "fact_check_samples",
+                                             "sample_temperature", "sample_top_p", "sample_seed")}, indent=2))
     if args.export_merged and model_args.use_peft:
         train_stats["merge_max_abs_logit_diff"] = merge_and_export(
             trainer.model, tokenizer, out / "merged",
