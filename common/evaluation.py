@@ -12,13 +12,16 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from common import generation_cache
+
 
 def generate_chat(model, tokenizer, conversations: Sequence[list[dict]], max_new_tokens: int = 64,
                   batch_size: int = 16, desc: str = "generating") -> list[str]:
     """Greedy answers to chat prompts (each a list of messages ending with the user's turn).
 
     Prompts are left-padded into batches (sorted by length to waste little padding); generation stops at
-    the tokenizer's end-of-turn token. Returns the decoded answers in input order.
+    the tokenizer's end-of-turn token. Returns the decoded answers in input order. Answers the same weights gave
+    the same prompts with the same settings before are read back from ``common.generation_cache``.
     """
     return _generate(model, tokenizer, conversations, max_new_tokens, batch_size, desc, scores=False)[0]
 
@@ -59,9 +62,18 @@ def _generate(model, tokenizer, conversations, max_new_tokens, batch_size, desc,
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     answers: list[str] = [""] * (len(texts) * n)
     logprobs: list[list[float]] = [[] for _ in texts]
+    device = next(model.parameters()).device
+    cache_key = None
+    if generation_cache.folder() is not None:  # the same weights, prompts and settings answered before: read back
+        cache_key = generation_cache.key(model, texts, {
+            "max_new_tokens": max_new_tokens, "batch_size": batch_size, "scores": scores, "sampling": sampling,
+            "eos": tokenizer.eos_token_id, "pad": tokenizer.pad_token_id, "vocab": len(tokenizer),
+            "device": device.type})
+        hit = generation_cache.load(cache_key)
+        if hit is not None and len(hit["answers"]) == len(answers):
+            return hit["answers"], hit["logprobs"]
     padding_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
-    device = next(model.parameters()).device
     try:
         for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, disable=len(order) <= batch_size):
             idx = order[start:start + batch_size]
@@ -87,6 +99,8 @@ def _generate(model, tokenizer, conversations, max_new_tokens, batch_size, desc,
                     logprobs[i] = token_lp[row, :ends[0] if ends else len(seq)].float().tolist()
     finally:
         tokenizer.padding_side = padding_side
+    if cache_key:
+        generation_cache.store(cache_key, {"answers": answers, "logprobs": logprobs})
     return answers, logprobs
 
 

@@ -8,6 +8,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # tests run the CPU path everywhere
+os.environ["COOKBOOK_GENERATION_CACHE"] = "0"  # every test generates; tests/test_evaluation.py tests the cache itself
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -153,3 +153,40 @@ def test_sample_chat_groups_samples_by_prompt_and_is_seeded():
     assert hot[0] == hot[1] and any(len(set(s)) > 1 for s in hot[0])  # seeded, and really sampled
     with pytest.raises(ValueError, match="num_samples must be >= 1"):
         sample_chat(model, tok, prompts, 0)
+
+
+def test_generation_cache_reads_back_only_what_the_same_weights_prompts_and_settings_gave(tmp_path, monkeypatch):
+    import torch
+
+    from common import generation_cache
+    from common.config import ModelArguments
+    from common.evaluation import sample_chat
+    from common.models import TINY_TEXT_ALIAS, load_causal_lm, load_tokenizer
+
+    monkeypatch.setenv("COOKBOOK_GENERATION_CACHE", str(tmp_path))
+    tok = load_tokenizer(TINY_TEXT_ALIAS)
+    model = load_causal_lm(ModelArguments(model_name_or_path=TINY_TEXT_ALIAS))
+    prompts = [[{"role": "user", "content": "a " * n}] for n in (9, 1, 5)]
+    calls = []
+    real_generate = model.generate
+    monkeypatch.setattr(model, "generate", lambda *a, **k: calls.append(1) or real_generate(*a, **k))
+
+    first = generate_chat(model, tok, prompts, max_new_tokens=5, batch_size=2)
+    assert len(calls) == 2 and len(list(tmp_path.glob("*.json"))) == 1
+    assert generate_chat(model, tok, prompts, max_new_tokens=5, batch_size=2) == first and len(calls) == 2  # hit
+    generate_chat(model, tok, prompts, max_new_tokens=6, batch_size=2)  # another setting: a miss
+    generate_chat(model, tok, prompts[:2], max_new_tokens=5, batch_size=2)  # other prompts: a miss
+    sample_chat(model, tok, prompts, 2, max_new_tokens=5, batch_size=2)  # sampling: a miss
+    assert len(calls) == 2 + 2 + 1 + 2
+    before = generation_cache.fingerprint(model)
+    with torch.no_grad():
+        next(model.parameters()).add_(1e-3)  # an in-place update, as an optimizer step makes
+    assert generation_cache.fingerprint(model) != before
+    generate_chat(model, tok, prompts, max_new_tokens=5, batch_size=2)
+    assert len(calls) == 9  # changed weights: generated again
+    for entry in tmp_path.glob("*.json"):
+        entry.write_text("{not json")  # a damaged entry is a miss, then replaced
+    generate_chat(model, tok, prompts, max_new_tokens=5, batch_size=2)
+    assert len(calls) == 11
+    monkeypatch.setenv("COOKBOOK_GENERATION_CACHE", "0")
+    assert generation_cache.folder() is None

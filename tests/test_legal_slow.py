@@ -1,12 +1,12 @@
-"""The main job, for real: the default legal config on the embedded SmolLM2-135M-Instruct (~15 min on 2 cores).
+"""The main job, for real: the default legal config on the embedded SmolLM2-135M-Instruct (~28 min on 2 cores).
 
 Asserts, on held-out clauses (test templates and party names training never shows), that the fine-tuned model
-keeps far more key facts than the base model, invents facts in fewer summaries, gains ROUGE-L, trains within the
-issue's 15-minute budget, merges faithfully, and that predict.py summarizes a contract from the trained folder as
-JSON. The floors sit below the committed run's figures (usecase-legal/results/report.json: test fact recall
-61.2% -> 71.4%, style shift 43.4% -> 84.8%, validation 54.4% -> 84.2%, ROUGE-L +13.1 points, invented facts in
-12.8% of test summaries, 4.5% of style-shift ones) with a margin for run-to-run noise; the issue's targets
-themselves (90% / 85% / 5% / +15) are not met and are reported in the README.
+keeps far more key facts than the base model (with the fact check, and greedy alone), invents facts in few
+summaries, gains ROUGE-L, trains within the issue's 15-minute budget, merges faithfully, and that predict.py
+summarizes a contract from the trained folder as JSON. The floors sit below the committed run's figures
+(usecase-legal/results/report.json: test fact recall 72.7% -> 90.3%, greedy 61.2% -> 71.4%, style shift
+68.5% -> 95.5%, validation 64.2% -> 94.6%, ROUGE-L +15.6 points, invented facts in 0% of test summaries) with a
+margin for run-to-run noise; the README reports the issue's targets (90% / 85% / 5% / +15) against that run.
 """
 
 import json
@@ -29,10 +29,10 @@ def test_default_legal_run_meets_targets(tmp_path):
     report = json.loads((run / "report.json").read_text())
     before, after = report["metrics"]["before"], report["metrics"]["after"]
     print(json.dumps({"before": before, "after": after, "train": report["train"]}, indent=1))
-    assert after["fact_recall"] >= 0.65 and after["fact_recall"] >= before["fact_recall"] + 0.05
-    assert after["fact_recall_style_shift"] - before["fact_recall_style_shift"] >= 0.25
-    assert after["invented_rate"] <= 0.3
-    assert after["rougeL"] - before["rougeL"] >= 0.08 and after["summary_words"] < before["summary_words"]
+    assert after["fact_recall"] >= 0.85 and after["fact_recall"] >= before["fact_recall"] + 0.1
+    assert after["fact_recall_greedy"] >= before["fact_recall_greedy"] + 0.05
+    assert after["fact_recall_style_shift"] >= 0.85 and after["invented_rate"] <= 0.08
+    assert after["rougeL"] - before["rougeL"] >= 0.12 and after["summary_words"] < before["summary_words"]
     val = report["metrics_validation"]
     assert val["after"]["fact_recall"] - val["before"]["fact_recall"] >= 0.2
     assert report["train"]["seconds"] <= 15 * 60
