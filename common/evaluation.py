@@ -16,46 +16,51 @@ from common import generation_cache
 
 
 def generate_chat(model, tokenizer, conversations: Sequence[list[dict]], max_new_tokens: int = 64,
-                  batch_size: int = 16, desc: str = "generating") -> list[str]:
+                  batch_size: int = 16, desc: str = "generating", cache: bool = False) -> list[str]:
     """Greedy answers to chat prompts (each a list of messages ending with the user's turn).
 
     Prompts are left-padded into batches (sorted by length to waste little padding); generation stops at
-    the tokenizer's end-of-turn token. Returns the decoded answers in input order. Answers the same weights gave
-    the same prompts with the same settings before are read back from ``common.generation_cache``.
+    the tokenizer's end-of-turn token. Returns the decoded answers in input order.
+
+    ``cache=True`` (evaluations of fixed held-out sets): answers the same weights gave the same prompts with the
+    same settings before are read back from ``common.generation_cache``, and new ones kept there. Off by default:
+    what a user types into a chat or a predict script is never written to disk.
     """
-    return _generate(model, tokenizer, conversations, max_new_tokens, batch_size, desc, scores=False)[0]
+    return _generate(model, tokenizer, conversations, max_new_tokens, batch_size, desc, scores=False, cache=cache)[0]
 
 
 def generate_chat_with_logprobs(model, tokenizer, conversations: Sequence[list[dict]], max_new_tokens: int = 64,
-                                batch_size: int = 16, desc: str = "generating") -> tuple[list[str], list[list[float]]]:
+                                batch_size: int = 16, desc: str = "generating",
+                                cache: bool = False) -> tuple[list[str], list[list[float]]]:
     """:func:`generate_chat`, plus the log-probability the model gave each answer token when it chose it.
 
     The log-probabilities (``model.compute_transition_scores``, normalized) cover the answer's tokens up to, not
     including, the end-of-turn token; they are how sure the model was of what it said (see the chatbot's
     abstention gate). Same answers as :func:`generate_chat`: greedy decoding is unchanged by keeping scores.
     """
-    return _generate(model, tokenizer, conversations, max_new_tokens, batch_size, desc, scores=True)
+    return _generate(model, tokenizer, conversations, max_new_tokens, batch_size, desc, scores=True, cache=cache)
 
 
 def sample_chat(model, tokenizer, conversations: Sequence[list[dict]], num_samples: int, max_new_tokens: int = 64,
                 batch_size: int = 16, temperature: float = 0.7, top_p: float = 0.95, seed: int = 0,
-                desc: str = "sampling") -> list[list[str]]:
+                desc: str = "sampling", cache: bool = False) -> list[list[str]]:
     """``num_samples`` sampled answers to each chat prompt (temperature + nucleus sampling), for a caller that
     checks candidates and keeps the best (see the legal recipe's fact check).
 
     ``batch_size`` counts prompts; each batch generates ``batch_size * num_samples`` sequences. The random
     generator is seeded once per batch from ``seed``, so the same prompts, batch size and seed give the same samples.
+    ``cache``: as in :func:`generate_chat`.
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     flat = _generate(model, tokenizer, conversations, max_new_tokens, batch_size, desc, scores=False,
                      sampling={"num_return_sequences": num_samples, "temperature": temperature, "top_p": top_p,
-                               "seed": seed})[0]
+                               "seed": seed}, cache=cache)[0]
     return [flat[i * num_samples:(i + 1) * num_samples] for i in range(len(conversations))]
 
 
 @torch.inference_mode()
-def _generate(model, tokenizer, conversations, max_new_tokens, batch_size, desc, scores, sampling=None):
+def _generate(model, tokenizer, conversations, max_new_tokens, batch_size, desc, scores, sampling=None, cache=False):
     model.eval()
     n = sampling["num_return_sequences"] if sampling else 1
     texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
@@ -64,7 +69,7 @@ def _generate(model, tokenizer, conversations, max_new_tokens, batch_size, desc,
     logprobs: list[list[float]] = [[] for _ in texts]
     device = next(model.parameters()).device
     cache_key = None
-    if generation_cache.folder() is not None:  # the same weights, prompts and settings answered before: read back
+    if cache and generation_cache.folder() is not None:  # the same weights, prompts and settings answered before: read back
         cache_key = generation_cache.key(model, texts, {
             "max_new_tokens": max_new_tokens, "batch_size": batch_size, "scores": scores, "sampling": sampling,
             "eos": tokenizer.eos_token_id, "pad": tokenizer.pad_token_id, "vocab": len(tokenizer),

@@ -1,8 +1,9 @@
 """Generated answers kept on disk, keyed by the exact weights, prompts and decoding settings that produced them.
 
 Evaluating the *base* model is the same work in every run of a recipe: the same weights answer the same prompts
-with the same settings. ``common.evaluation`` asks this cache first, so a second run (another learning rate,
-another seed, a resumed job) skips it. A fine-tuned model has weights no earlier run had -- unless the run is
+with the same settings. The recipes' evaluations call ``common.evaluation`` with ``cache=True``, which asks this
+cache first, so a second run (another learning rate, another seed, a resumed job) skips that work. Chat and
+predict scripts do not pass it: what a user types is never written to disk. A fine-tuned model has weights no earlier run had -- unless the run is
 repeated exactly, when CPU training reproduces them and the answers are read back too.
 
 The key is a SHA-256 over everything that can change an answer: every weight and buffer of the model (names,

@@ -171,22 +171,26 @@ def test_generation_cache_reads_back_only_what_the_same_weights_prompts_and_sett
     real_generate = model.generate
     monkeypatch.setattr(model, "generate", lambda *a, **k: calls.append(1) or real_generate(*a, **k))
 
-    first = generate_chat(model, tok, prompts, max_new_tokens=5, batch_size=2)
+    generate_chat(model, tok, prompts, max_new_tokens=5, batch_size=2)  # a chat / predict call: never kept
+    assert len(calls) == 2 and not list(tmp_path.iterdir())
+    calls.clear()
+    first = generate_chat(model, tok, prompts, max_new_tokens=5, batch_size=2, cache=True)
     assert len(calls) == 2 and len(list(tmp_path.glob("*.json"))) == 1
-    assert generate_chat(model, tok, prompts, max_new_tokens=5, batch_size=2) == first and len(calls) == 2  # hit
-    generate_chat(model, tok, prompts, max_new_tokens=6, batch_size=2)  # another setting: a miss
-    generate_chat(model, tok, prompts[:2], max_new_tokens=5, batch_size=2)  # other prompts: a miss
-    sample_chat(model, tok, prompts, 2, max_new_tokens=5, batch_size=2)  # sampling: a miss
+    again = generate_chat(model, tok, prompts, max_new_tokens=5, batch_size=2, cache=True)
+    assert again == first and len(calls) == 2  # read back
+    generate_chat(model, tok, prompts, max_new_tokens=6, batch_size=2, cache=True)  # another setting: a miss
+    generate_chat(model, tok, prompts[:2], max_new_tokens=5, batch_size=2, cache=True)  # other prompts: a miss
+    sample_chat(model, tok, prompts, 2, max_new_tokens=5, batch_size=2, cache=True)  # sampling: a miss
     assert len(calls) == 2 + 2 + 1 + 2
     before = generation_cache.fingerprint(model)
     with torch.no_grad():
         next(model.parameters()).add_(1e-3)  # an in-place update, as an optimizer step makes
     assert generation_cache.fingerprint(model) != before
-    generate_chat(model, tok, prompts, max_new_tokens=5, batch_size=2)
+    generate_chat(model, tok, prompts, max_new_tokens=5, batch_size=2, cache=True)
     assert len(calls) == 9  # changed weights: generated again
     for entry in tmp_path.glob("*.json"):
         entry.write_text("{not json")  # a damaged entry is a miss, then replaced
-    generate_chat(model, tok, prompts, max_new_tokens=5, batch_size=2)
+    generate_chat(model, tok, prompts, max_new_tokens=5, batch_size=2, cache=True)
     assert len(calls) == 11
     monkeypatch.setenv("COOKBOOK_GENERATION_CACHE", "0")
     assert generation_cache.folder() is None

@@ -145,7 +145,7 @@ def test_fact_check_redraws_only_failing_summaries_and_keeps_the_best(monkeypatc
         [["Acme Corp delivers in 7 days."]]])
     asked = []
 
-    def fake_sample(model, tok, prompts, n, *args):
+    def fake_sample(model, tok, prompts, n, *args, **kwargs):
         asked.append(([p[-1]["content"] for p in prompts], n))
         return next(rounds)
 

@@ -216,7 +216,7 @@ def build_replay(model, tokenizer, questions: list[str], system_prompt: str, wit
     system = [{"role": "system", "content": system_prompt}]
     prompts = [(system if i % 2 and with_system_prompt else []) + [{"role": "user", "content": q}]
                for i, q in enumerate(questions)]
-    answers = generate_chat(model, tokenizer, prompts, max_new_tokens, batch_size, "base: replay")
+    answers = generate_chat(model, tokenizer, prompts, max_new_tokens, batch_size, "base: replay", cache=True)
     answers = [first_sentences(a, sentences) for a in answers]
     return Dataset.from_list([{"prompt": p, "completion": [{"role": "assistant", "content": a}], "replay": True}
                               for p, a in zip(prompts, answers) if a])

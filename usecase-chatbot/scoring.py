@@ -74,10 +74,10 @@ def evaluate(model, tokenizer, splits: dict, general_sets: dict[str, list[dict]]
                 prompts = [r["messages"][:-1] for r in splits[key]]
                 if with_logprobs:
                     answers[key], logprobs[key] = generate_chat_with_logprobs(
-                        model, tokenizer, prompts, args.max_new_tokens, args.eval_batch_size, what)
+                        model, tokenizer, prompts, args.max_new_tokens, args.eval_batch_size, what, cache=True)
                 else:
                     answers[key] = generate_chat(model, tokenizer, prompts, args.max_new_tokens,
-                                                 args.eval_batch_size, what)
+                                                 args.eval_batch_size, what, cache=True)
     metrics = {split: split_metrics(answers, splits, split) for split in ("test", "valid")}
     metrics["test"]["answer_perplexity"] = completion_perplexity(
         model, tokenizer, [r["messages"][:-1] for r in splits["test"]],
@@ -85,7 +85,7 @@ def evaluate(model, tokenizer, splits: dict, general_sets: dict[str, list[dict]]
     for name, questions in general_sets.items():
         answers[name] = generate_chat(model, tokenizer, [[{"role": "user", "content": g["question"]}]
                                                          for g in questions],
-                                      args.max_new_tokens, args.eval_batch_size, f"{tag}: {name}")
+                                      args.max_new_tokens, args.eval_batch_size, f"{tag}: {name}", cache=True)
     return {**metrics, "answers": answers, "logprobs": logprobs}
 
 

@@ -236,9 +236,9 @@ def invented_facts(summary: str, clause: str) -> list[str]:
 
 def clause_facts(clause: str) -> tuple[set[tuple], set[str]]:
     """What a summary of ``clause`` can be checked against without a reference: its number facts (normalized keys)
-    and the company names it holds (as :func:`plain` words). Places and roles are not found this way."""
-    names = {plain(_LEADING_WORDS.sub("", n.strip())) for n in COMPANY.findall(clause)}
-    return fact_keys(clause), {n for n in names if n}
+    and the company names it holds. Places and roles are not found this way."""
+    names = {_LEADING_WORDS.sub("", n.strip()) for n in COMPANY.findall(clause)}
+    return fact_keys(clause), {n for n in names if plain(n)}
 
 
 def check(summary: str, clause: str) -> tuple[int, int, list[str]]:
@@ -247,8 +247,7 @@ def check(summary: str, clause: str) -> tuple[int, int, list[str]]:
     Needs no reference summary, so it runs at prediction time too: the fact check of ``scoring.summarize``.
     """
     keys, names = clause_facts(clause)
-    words = f" {plain(summary)} "
-    kept = len(keys & fact_keys(summary)) + sum(f" {n} " in words for n in names)
+    kept = len(keys & fact_keys(summary)) + sum(fact_present(n, summary) for n in names)
     return kept, len(keys) + len(names), invented_facts(summary, clause)
 
 

@@ -39,7 +39,6 @@ DISCLAIMER = ("These summaries were written by a small language model; they are 
               "or change a term. Read the contract itself and ask a lawyer before relying on it.")
 SECTION_START = re.compile(r"^\s*(?:(?:section|article|clause)\s+[\dIVXLC]+[\w.]*|\d+(?:\.\d+)*[.)]?(?=\s)|"
                            r"\([a-z]{1,3}\)|[IVX]+\.)\s*", re.IGNORECASE)
-DECODING = {"fact_check_samples": 8, "sample_temperature": 1.0, "sample_top_p": 0.95, "sample_seed": 0}
 MAX_CLAUSE_WORDS = 220  # ~300 tokens: longer clauses are cut at sentence ends (the model trained on <= ~170 words)
 
 
@@ -125,7 +124,7 @@ def load(model_dir: str):
     model, tokenizer, settings = load_for_inference(model_dir)
     settings.setdefault("system_prompt", scoring.DEFAULT_SYSTEM)
     settings.setdefault("max_new_tokens", 112)
-    for key, value in DECODING.items():  # a folder from before the fact check (or a plain model): its defaults
+    for key, value in scoring.FACT_CHECK.items():  # a folder from before the fact check (or a plain model)
         settings.setdefault(key, value)
     return model, tokenizer, settings
 

@@ -22,6 +22,9 @@ from common.paths import load_sibling
 
 facts = load_sibling(__file__, "facts")
 ROUND = 4  # fact-check candidates drawn per clause at a time
+# The fact check's settings (README "Decoding": chosen on validation); train.py's defaults, and predict.py's for a
+# folder that does not record them
+FACT_CHECK = {"fact_check_samples": 8, "sample_temperature": 1.0, "sample_top_p": 0.95, "sample_seed": 0}
 DEFAULT_SYSTEM = "Summarize the clause in plain English. Keep every party, amount, date and period exact; add nothing."
 
 
@@ -36,7 +39,8 @@ def to_prompt_completion(row: dict, system_prompt: str) -> dict:
             "completion": [{"role": "assistant", "content": row["summary"]}]}
 
 
-def summarize(model, tokenizer, clauses: list[str], args, desc: str = "summarizing") -> tuple[list[str], list[str]]:
+def summarize(model, tokenizer, clauses: list[str], args, desc: str = "summarizing",
+              cache: bool = False) -> tuple[list[str], list[str]]:
     """Summaries of ``clauses``, each checked against its own clause; returns ``(checked, greedy)``.
 
     1. Greedy decoding (batched): the most likely wording, nothing random.
@@ -46,9 +50,11 @@ def summarize(model, tokenizer, clauses: list[str], args, desc: str = "summarizi
        rounds of ``ROUND`` (a clause leaves once a candidate passes); the candidate keeping the most facts, less
        two per invented one, replaces it (the earliest wins ties, the greedy one first). A clause whose greedy
        summary passes costs nothing more.
+
+    ``cache``: read back / keep the summaries in ``common.generation_cache`` (evaluation only, never user text).
     """
     greedy = generate_chat(model, tokenizer, [prompt(c, args.system_prompt) for c in clauses], args.max_new_tokens,
-                           args.eval_batch_size, desc)
+                           args.eval_batch_size, desc, cache=cache)
     checked = list(greedy)
     left = [i for i, (s, c) in enumerate(zip(greedy, clauses)) if not passes(s, c)]
     drawn = 0
@@ -56,7 +62,7 @@ def summarize(model, tokenizer, clauses: list[str], args, desc: str = "summarizi
         n = min(ROUND, args.fact_check_samples - drawn)
         samples = sample_chat(model, tokenizer, [prompt(clauses[i], args.system_prompt) for i in left], n,
                               args.max_new_tokens, max(1, args.eval_batch_size // 2), args.sample_temperature,
-                              args.sample_top_p, args.sample_seed + drawn, f"{desc} (fact check)")
+                              args.sample_top_p, args.sample_seed + drawn, f"{desc} (fact check)", cache=cache)
         for i, candidates in zip(left, samples):
             checked[i] = max([checked[i], *candidates], key=lambda s: check_score(s, clauses[i]))  # first max wins
         drawn += n
@@ -88,7 +94,8 @@ def evaluate(model, tokenizer, splits: dict, args, tag: str) -> dict:
         if not rows:
             summaries[name], metrics[name] = [], {}
             continue
-        summaries[name], greedy = summarize(model, tokenizer, [r["clause"] for r in rows], args, f"{tag}: {name}")
+        summaries[name], greedy = summarize(model, tokenizer, [r["clause"] for r in rows], args, f"{tag}: {name}",
+                                            cache=True)
         metrics[name] = facts.score(summaries[name], rows)
         plain_greedy = facts.score(greedy, rows)
         metrics[name].update({f"{key}_greedy": plain_greedy[key] for key in ("fact_recall", "invented_rate", "rougeL")})

@@ -53,10 +53,13 @@ class LegalArguments:
     system_prompt: str = scoring.DEFAULT_SYSTEM
     max_new_tokens: int = 112
     eval_batch_size: int = 16
-    fact_check_samples: int = 8  # re-draw a summary that fails the fact check this many times (0: greedy only)
-    sample_temperature: float = 1.0  # sampling of the re-drawn candidates (README "Decoding")
-    sample_top_p: float = 0.95
-    sample_seed: int = 0  # the same seed, clauses and batch size give the same candidates
+    # re-draw a summary that fails the fact check up to this many times (0: greedy only; README "Decoding")
+    fact_check_samples: int = scoring.FACT_CHECK["fact_check_samples"]
+    sample_temperature: float = scoring.FACT_CHECK["sample_temperature"]  # sampling of the re-drawn candidates
+    sample_top_p: float = scoring.FACT_CHECK["sample_top_p"]
+    sample_seed: int = scoring.FACT_CHECK["sample_seed"]  # the same seed, clauses and batch size: the same candidates
+    early_stopping_patience: int | None = 2
+    export_merged: bool = True
 
     def __post_init__(self):
         if self.fact_check_samples < 0:
@@ -65,8 +68,6 @@ class LegalArguments:
         if self.sample_temperature <= 0 or not 0 < self.sample_top_p <= 1:
             raise ConfigError(f"sample_temperature must be > 0 and sample_top_p in (0, 1], got "
                               f"{self.sample_temperature} and {self.sample_top_p}")
-    early_stopping_patience: int | None = 2
-    export_merged: bool = True
 
 
 def check_lengths(tokenizer, splits: dict, max_length: int, system_prompt: str) -> None:
@@ -120,8 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
     trainer.save_model(str(out))
     tokenizer.save_pretrained(out)
     (out / "inference.json").write_text(json.dumps(
-        {key: getattr(args, key) for key in ("system_prompt", "max_new_tokens", "fact_check_samples",
-                                             "sample_temperature", "sample_top_p", "sample_seed")}, indent=2))
+        {key: getattr(args, key) for key in ("system_prompt", "max_new_tokens", *scoring.FACT_CHECK)}, indent=2))
     if args.export_merged and model_args.use_peft:
         train_stats["merge_max_abs_logit_diff"] = merge_and_export(
             trainer.model, tokenizer, out / "merged",

@@ -105,12 +105,14 @@ def evaluate(model, tokenizer, splits: dict, questions: dict, general_sets: dict
         lp = pair_logps(model, tokenizer, splits[split], args.eval_batch_size, f"{tag}: {split} pairs")
         result["logps"][split] = {k: v.tolist() for k, v in lp.items()}
         result["answers"][split] = generate_chat(model, tokenizer, [q["prompt"] for q in questions[split]],
-                                                 args.max_new_tokens, args.eval_batch_size, f"{tag}: {split}")
+                                                 args.max_new_tokens, args.eval_batch_size, f"{tag}: {split}",
+                                                 cache=True)
     if tag != "sft":  # retention compares the base model with the final one
         for name, items in general_sets.items():
             result["answers"][name] = generate_chat(model, tokenizer, [[{"role": "user", "content": g["question"]}]
                                                                        for g in items],
-                                                    args.general_max_new_tokens, args.eval_batch_size, f"{tag}: {name}")
+                                                    args.general_max_new_tokens, args.eval_batch_size, f"{tag}: {name}",
+                                                    cache=True)
     if cache is not None:
         cache.write_text(json.dumps(result))
     return result
