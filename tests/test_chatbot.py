@@ -147,36 +147,75 @@ def test_off_topic_answers_share_no_content_word_with_the_question(chatbot_train
     assert scoring.gate_rule(gate)(question, answer, [-0.1]) is False  # off by default
 
 
+def _gate(scoring, **fields):
+    return {**scoring.gate_settings(DOCS, "I'm sorry, I don't have that information."), **fields}
+
+
 def test_the_gate_is_fixed_on_validation_and_declines_within_its_budget(chatbot_train):
     scoring = chatbot_train.scoring
     decline = "I'm sorry, I don't have that information."
     splits = {"valid": [_row(f"How much is the Team plan{' really' * i}?") for i in range(19)] + [_row("Team plan on Linux?")],
               "test": [_row("What does the Team plan cost?"), _row("Team plan price?"), _row("Slack?")],
-              "decline_valid": [_row("Is there a Notion integration?", decline)],
+              "decline_valid": [_row("Is there a Notion integration?", decline), _row("Can I pay by cheque?", decline)],
               "decline_test": [_row("How much is Premium?", decline), _row("Can I pay by cheque?", decline)]}
     answer = splits["test"][0]["messages"][-1]["content"]
     result = {"test": {"answer_perplexity": 1.2}, "valid": {},
               "answers": {"valid": [answer] * 20, "test": [answer, answer, "Slack posts to Microsoft Teams."],
-                          "decline_valid": ["Notion is free."], "decline_test": ["It costs $8.", "Yes, any card."]},
+                          "decline_valid": ["Notion is free.", "Yes, any card."],
+                          "decline_test": ["It costs $8.", "Yes, any card."]},
               "logprobs": {"valid": [[-0.1, -0.3 - 0.1 * i] for i in range(20)],
-                           "test": [[-0.2], [-5.0], [-0.1]], "decline_valid": [[-0.1]], "decline_test": [[-0.1], [-3.0]]}}
-    # 5% of 20 validation questions = 1 may be declined; grounding already declines "Linux": no room for more
-    gate = scoring.choose_gate(result, splits, DOCS, max_false_abstention=0.05)
-    assert gate["chosen_on"] == "validation" and gate["validation_declined_by_grounding"] == 1
-    assert gate["threshold"] == pytest.approx(-2.1)  # the least sure grounded answer stays (strict <)
-    gated = scoring.apply_gate(result, splits, gate)
-    assert gated["valid"]["false_abstention_rate"] == pytest.approx(0.05)
+                           "test": [[-0.2], [-5.0], [-0.1]], "decline_valid": [[-0.1], [-3.0]],
+                           "decline_test": [[-0.1], [-3.0]]}}
+    gate = _gate(scoring)  # redraw_samples 0: an answer failing the checks is declined, nothing is sampled
+    result["redrawn"] = scoring.redraw_all(None, None, result, splits, gate, max_new_tokens=8)
+    assert result["redrawn"]["test"] == [answer, answer, None]  # "Microsoft Teams": not in the docs
+    # 5% of 20 validation questions = 1 may be declined; the question check already declines "Linux": the
+    # threshold may decline no answerable question; the least sure one (-2.1) stays (strict <) and the unsure
+    # unanswerable one (-3.0) is declined: a gain of 1
+    chosen = scoring.choose_gate(result, splits, gate, max_false_abstention=0.05)
+    assert chosen["chosen_on"] == "validation" and chosen["validation_declined_by_words"] == 1
+    assert chosen["threshold"] == pytest.approx(-2.1) and chosen["validation_threshold_gain"] == 1
+    gated = scoring.apply_gate(result, splits, chosen)
+    assert gated["valid"]["false_abstention_rate"] == pytest.approx(0.05) and gated["valid"]["abstention_rate"] == 1
     # test: #1 is unsure (-5 < -2.1), #2 names "Microsoft Teams"; "Premium" is not in the docs; "Yes, any card"
     # at -3.0 is unsure: every unanswerable question is declined, and two answerable ones too
     assert gated["answers"]["test"] == [answer, decline, decline] and gated["test"]["false_abstention_rate"] == 2 / 3
     assert gated["test"]["abstention_rate"] == 1.0 and gated["test"]["answer_perplexity"] == 1.2
     assert gated["test"]["declined_right_rate"] == 1 / 3  # #1 was right but unsure; #2 was wrong anyway
     assert gated["ungated"]["test"] == result["test"]
-    # 10% allows 2: the second is taken from confidence, the least sure grounded answer (-2.1 -> threshold -2.0)
-    assert scoring.choose_gate(result, splits, DOCS, 0.10)["threshold"] == pytest.approx(-2.0)
+    # 10% allows one more, but declining the least sure answerable question (-2.1) gains nothing: same threshold
+    assert scoring.choose_gate(result, splits, gate, 0.10)["threshold"] == pytest.approx(-2.1)
+    # without the unsure unanswerable question, no threshold gains anything: none is set
+    sure = {**result, "logprobs": {**result["logprobs"], "decline_valid": [[-0.1], [-0.1]]}}
+    assert scoring.choose_gate(sure, splits, gate, 0.10)["threshold"] is None
 
 
-def test_chat_answers_through_the_run_gate(chatbot_train):
+def test_failing_answers_are_redrawn_and_the_most_frequent_passing_one_kept(chatbot_train, monkeypatch):
+    scoring = chatbot_train.scoring
+    asked = []
+
+    def fake_samples(model, tokenizer, conversations, n, *args, **kwargs):
+        asked.extend(c[-1]["content"] for c in conversations)
+        assert n == 4 and kwargs["seed"] == scoring.REDRAW["seed"]
+        return [["It posts to Microsoft Teams.", "Slack posts to a channel.", "The Slack integration posts to a channel.",
+                 "The Slack integration posts to a channel."],
+                ["It costs $99.", "It costs $12.", "Call 555-0100.", "It costs $1."]][:len(conversations)]
+
+    monkeypatch.setattr(scoring, "sample_chat", fake_samples)
+    gate = _gate(scoring, redraw_samples=4)
+    conversations = [[{"role": "user", "content": q}] for q in
+                     ("Where does Slack post?", "How much is Team?", "Is there a Notion app?", "What does Team cost?")]
+    answers = ["Slack posts to Microsoft Teams.", "Team costs $99.", "Notion costs $99.", "The Team plan costs $8."]
+    out = scoring.redraw(None, None, conversations, answers, gate, max_new_tokens=8)
+    # #1: the most frequent passing candidate; #2: no candidate passes -> None (declined); #3: the question names
+    # "Notion" (declined anyway, not re-drawn); #4 passes as it is
+    assert out == ["The Slack integration posts to a channel.", None, "Notion costs $99.", "The Team plan costs $8."]
+    assert asked == ["Where does Slack post?", "How much is Team?"]
+    rule = scoring.gate_rule(gate)
+    assert [rule(c[-1]["content"], a, [-0.1]) for c, a in zip(conversations, out)] == [False, True, True, False]
+
+
+def test_chat_answers_through_the_run_gate(chatbot_train, monkeypatch):
     """chat.py applies inference.json's gate: a threshold above every log-probability declines every answer."""
     import importlib.util
 
@@ -194,6 +233,14 @@ def test_chat_answers_through_the_run_gate(chatbot_train):
         gate["decline"] != plain
     never = {**gate, "threshold": None, "vocabulary": chatbot_train.scoring.vocabulary(plain + " How much Team")}
     assert chat.answer(model, tokenizer, {**settings, "abstention_gate": never}, "How much is the Team plan?") == plain
+    # an answer naming what the docs never use is re-drawn; the passing sample replaces it, as in the report
+    monkeypatch.setattr(chat, "generate_chat_with_logprobs", lambda *a, **k: (["It costs $99."], [[-0.1]]))
+    monkeypatch.setattr(chat.scoring, "sample_chat", lambda *a, **k: [["It costs $98.", "The Team plan costs money."]])
+    redraw = {**gate, "threshold": None, "redraw_samples": 2, "vocabulary": ["how", "much", "team"]}
+    assert chat.answer(model, tokenizer, {**settings, "abstention_gate": redraw}, "How much is the Team plan?") == \
+        "The Team plan costs money."
+    assert chat.answer(model, tokenizer, {**settings, "abstention_gate": {**redraw, "redraw_samples": 0}},
+                       "How much is the Team plan?") == gate["decline"]
 
 
 def test_a_gate_without_unanswerable_questions_stops_the_run(chatbot_train, tmp_path):

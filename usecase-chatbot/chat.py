@@ -11,8 +11,9 @@ the left (its end is kept), with a warning on stderr.
 
 ``--model_dir`` is the folder ``train.py --output_dir`` wrote (LoRA adapter over the base model), its
 ``merged/`` sub-folder, or any model name for comparison. With ``--question`` only the answer is printed.
-A run folder's abstention gate (``inference.json``) applies: an answer that names what the help center never
-mentions, or that the model is unsure of, becomes the decline -- as in the run's report.
+A run folder's abstention gate (``inference.json``) applies: a question that names what the help center never
+mentions, or an answer the model is unsure of, gets the decline; an answer naming such a thing is re-drawn first
+-- as in the run's report.
 """
 
 from __future__ import annotations
@@ -84,13 +85,15 @@ def fit_question(model, tokenizer, settings: dict, question: str, history: list[
 
 
 def reply(model, tokenizer, settings: dict, conversations: list[list[dict]], desc: str = "thinking") -> list[str]:
-    """Greedy answers, through the run's abstention gate when it has one (``inference.json``): the decline
-    replaces an answer the gate stops (:func:`scoring.gate_rule`), as in the run's report."""
+    """Greedy answers, through the run's abstention gate when it has one (``inference.json``): an answer naming
+    what the docs never use is re-drawn (:func:`scoring.redraw`), and the decline replaces an answer the gate
+    stops (:func:`scoring.gate_rule`), as in the run's report."""
     gate = settings.get("abstention_gate")
     if not gate:
         return generate_chat(model, tokenizer, conversations, settings.get("max_new_tokens", 64), desc=desc)
     answers, logprobs = generate_chat_with_logprobs(model, tokenizer, conversations,
                                                     settings.get("max_new_tokens", 64), desc=desc)
+    answers = scoring.redraw(model, tokenizer, conversations, answers, gate, settings.get("max_new_tokens", 64))
     declines = scoring.gate_rule(gate)
     return [gate["decline"] if declines(c[-1]["content"], a, lp) else a
             for c, a, lp in zip(conversations, answers, logprobs)]

@@ -12,11 +12,12 @@
   (``general_other.yaml``: arithmetic in words, units, definitions, common sense, short instructions; its
   validation twin ``general_other_valid.yaml`` is where remedies against forgetting are chosen).
 
-The abstention gate: an answer is replaced by the decline when the question or the answer names a word or figure
-the help center never uses ("Notion", "Enterprise", "$99"), or when the model gave its least likely token a
-log-probability below a threshold; with ``abstention_relevance``, also when the answer shares no content word
-with the question. The threshold is chosen on the *validation* questions only
-(:func:`choose_gate`); the test split is scored through the gate, and chat.py applies the same rule.
+The abstention gate: an answer is replaced by the decline when the question names a word or figure the help
+center never uses ("Notion", "Enterprise", "$99"), or when the model gave its least likely token a log-probability
+below a threshold. An answer that names such a word itself (with ``abstention_relevance``, also one that shares no
+content word with the question) is re-drawn first: sampled answers that pass the checks replace it
+(:func:`redraw`), and only when none passes is it declined. The threshold is chosen on the *validation* questions
+only (:func:`choose_gate`); the test split is scored through the gate, and chat.py applies the same rule.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,6 +36,7 @@ from common.evaluation import (
     key_terms_accuracy,
     key_terms_score,
     retention,
+    sample_chat,
 )
 
 # A decline says, in words, that the bot does not have the answer. Pointing to support alone is not a decline
@@ -145,71 +148,135 @@ def off_topic(question: str, answer: str) -> bool:
     return not topic_words(question) & topic_words(answer)
 
 
-def gate_rule(gate: dict) -> Callable[[str, str, list[float]], bool]:
+# How an answer that fails the gate's answer checks is re-drawn: sampled candidates, seeded (same answers every run)
+REDRAW = {"temperature": 1.0, "top_p": 0.95, "seed": 0}
+
+
+def answer_passes(question: str, answer: str, words: set[str], relevance: bool = False) -> bool:
+    """The gate's checks on an answer: it names nothing the help center never uses, and (with ``relevance``)
+    shares a content word with its question."""
+    return not ungrounded(answer, words) and not (relevance and off_topic(question, answer))
+
+
+def redraw(model, tokenizer, conversations: list[list[dict]], answers: list[str], gate: dict, max_new_tokens: int,
+           batch_size: int = 16, cache: bool = False) -> list[str | None]:
+    """``answers`` with each one that fails the gate's answer checks (:func:`answer_passes`) re-drawn.
+
+    A greedy answer naming a figure the docs never give ("65536 objects") is often a wrong guess at a fact the
+    docs *do* give: ``gate["redraw_samples"]`` answers are sampled (:data:`REDRAW`) and the most frequent one that
+    passes the checks replaces it (the first drawn, on a tie); ``None`` where none passes (the gate declines).
+    Answers that pass, and those to a question that itself names something the docs never use (declined anyway),
+    are returned as they are. ``redraw_samples: 0`` re-draws nothing: every failing answer is ``None``.
+    """
+    words, relevance = set(gate["vocabulary"]), gate.get("relevance", False)
+    out: list[str | None] = list(answers)
+    todo = [i for i, (c, a) in enumerate(zip(conversations, answers, strict=True))
+            if not ungrounded(c[-1]["content"], words) and not answer_passes(c[-1]["content"], a, words, relevance)]
+    for i in todo:
+        out[i] = None
+    if todo and gate.get("redraw_samples", 0):
+        samples = sample_chat(model, tokenizer, [conversations[i] for i in todo], gate["redraw_samples"],
+                              max_new_tokens, batch_size, **REDRAW, desc="re-drawing", cache=cache)
+        for i, candidates in zip(todo, samples, strict=True):
+            passing = [a for a in candidates if answer_passes(conversations[i][-1]["content"], a, words, relevance)]
+            if passing:
+                out[i] = Counter(passing).most_common(1)[0][0]
+    return out
+
+
+def gate_rule(gate: dict) -> Callable[[str, str | None, list[float]], bool]:
     """The abstention gate (``vocabulary``, ``threshold`` and ``relevance``, as :func:`choose_gate` returns it and
-    train.py stores it in ``inference.json``) as a test ``(question, answer, answer token log-probs) -> decline?``."""
+    train.py stores it in ``inference.json``) as a test ``(question, answer, greedy answer token log-probs) ->
+    decline?``. ``answer`` is the one after :func:`redraw` (``None``: no candidate passed)."""
     words, threshold, relevance = set(gate["vocabulary"]), gate["threshold"], gate.get("relevance", False)
 
-    def declines(question: str, answer: str, token_logprobs: list[float]) -> bool:
-        return (bool(ungrounded(question, words)) or bool(ungrounded(answer, words))
-                or (relevance and off_topic(question, answer))
+    def declines(question: str, answer: str | None, token_logprobs: list[float]) -> bool:
+        return (answer is None or bool(ungrounded(question, words))
+                or not answer_passes(question, answer, words, relevance)
                 or (threshold is not None and confidence(token_logprobs) < threshold))
     return declines
 
 
-def choose_gate(tuned: dict, splits: dict, docs: str, max_false_abstention: float,
-                relevance: bool = False) -> dict:
-    """The abstention gate, fixed on the validation split only. It declines when the question or the answer
-    names something the help center never mentions, with ``relevance`` also when the answer shares no content word
-    with the question (:func:`off_topic`), or when the model was unsure of its answer: the confidence
-    threshold is the highest that keeps the declined answerable validation questions within
-    ``max_false_abstention`` (what the word checks alone decline there counts against that budget first)."""
-    words = vocabulary(docs)
-    words_only = gate_rule({"vocabulary": words, "threshold": None, "relevance": relevance})
-    rows, answers, logprobs = splits["valid"], tuned["answers"]["valid"], tuned["logprobs"]["valid"]
-    grounded = [not words_only(r["messages"][1]["content"], a, lp)
-                for r, a, lp in zip(rows, answers, logprobs, strict=True)]
-    budget = math.floor(max_false_abstention * len(rows)) - grounded.count(False)
-    scores = sorted(confidence(lp) for lp, ok in zip(logprobs, grounded) if ok)
-    threshold = scores[min(budget, len(scores) - 1)] if budget >= 0 and scores else None  # None: grounding only
-    return {"rule": "decline when the question or the answer names a word or figure the help center never uses, "
-                    + ("when the answer shares no content word with the question, " if relevance else "")
-                    + "or when the answer's least likely token has log-probability < threshold",
-            "threshold": threshold, "relevance": relevance, "max_false_abstention": max_false_abstention, "chosen_on": "validation",
-            "validation_declined_by_grounding": grounded.count(False), "validation_questions": len(rows),
-            "decline": splits["decline_valid"][0]["messages"][-1]["content"],  # the one decline answer
-            "vocabulary": words}
+def gate_settings(docs: str, decline: str, relevance: bool = False, redraw_samples: int = 0) -> dict:
+    """The threshold-free part of the gate: what the help center names, the decline, the answer checks."""
+    return {"vocabulary": vocabulary(docs), "threshold": None, "relevance": relevance,
+            "redraw_samples": redraw_samples, "decline": decline}
+
+
+def redraw_all(model, tokenizer, result: dict, splits: dict, gate: dict, max_new_tokens: int,
+               batch_size: int = 16) -> dict:
+    """:func:`redraw` on every product question the model answered (``result`` from :func:`evaluate` with
+    log-probs): ``{split key: answers after re-drawing}``."""
+    return {key: redraw(model, tokenizer, [r["messages"][:-1] for r in splits[key]], answers, gate,
+                        max_new_tokens, batch_size, cache=True)
+            for key, answers in result["answers"].items() if key in result["logprobs"]}
+
+
+def choose_gate(tuned: dict, splits: dict, gate: dict, max_false_abstention: float) -> dict:
+    """The confidence threshold of the gate, fixed on the validation split only.
+
+    The word checks (question and answer, after :func:`redraw`; ``tuned["redrawn"]``) decline what they decline;
+    what they decline of the answerable validation questions counts against the budget,
+    ``max_false_abstention`` of them. A threshold then declines the answers whose least likely token is below it:
+    of the thresholds within the budget, the one that declines the most unanswerable validation questions *more*
+    than answerable ones wins (no threshold on a tie: an unsure answer is not declined for nothing).
+    """
+    words_only = gate_rule({**gate, "threshold": None})
+
+    def fixed(key: str) -> list[bool]:
+        return [words_only(r["messages"][1]["content"], a, lp) for r, a, lp in
+                zip(splits[key], tuned["redrawn"][key], tuned["logprobs"][key], strict=True)]
+
+    valid, unanswerable = fixed("valid"), fixed("decline_valid")
+    budget = math.floor(max_false_abstention * len(valid)) - sum(valid)
+    scores = sorted(confidence(lp) for lp, d in zip(tuned["logprobs"]["valid"], valid) if not d)
+    unsure = [confidence(lp) for lp, d in zip(tuned["logprobs"]["decline_valid"], unanswerable) if not d]
+    threshold, best = None, 0
+    for j, t in enumerate(scores[:max(budget + 1, 0)]):  # threshold scores[j] declines j answerable questions
+        gain = sum(c < t for c in unsure) - j
+        if gain > best:
+            threshold, best = t, gain
+    return {**gate, "rule": "decline when the question names a word or figure the help center never uses, when "
+                            "the answer does" + (" or shares no content word with the question" if gate["relevance"]
+                                                 else "") + " and no re-drawn answer passes, or when the answer's "
+                            "least likely token has log-probability < threshold",
+            "threshold": threshold, "max_false_abstention": max_false_abstention, "chosen_on": "validation",
+            "validation_declined_by_words": sum(valid), "validation_threshold_gain": best,
+            "validation_questions": len(valid)}
 
 
 def apply_gate(result: dict, splits: dict, gate: dict) -> dict:
-    """``result`` (from :func:`evaluate`) with every answer the gate stops replaced by the decline, rescored.
-    The model's own scores are kept under ``"ungated"``; general-knowledge answers are left as they are."""
+    """``result`` (from :func:`evaluate`, with ``"redrawn"``) with every answer the gate stops replaced by the
+    decline and every re-drawn answer in place, rescored. The model's own scores are kept under ``"ungated"``;
+    general-knowledge answers are left as they are."""
     declines = gate_rule(gate)
-    answers = dict(result["answers"])
+    answers, redrawn = dict(result["answers"]), {}
     for key, token_logprobs in result["logprobs"].items():
         answers[key] = [gate["decline"] if declines(r["messages"][1]["content"], a, lp) else a
-                        for r, a, lp in zip(splits[key], result["answers"][key], token_logprobs, strict=True)]
-    gated = {**result, "answers": answers, "answers_ungated": result["answers"],
+                        for r, a, lp in zip(splits[key], result["redrawn"][key], token_logprobs, strict=True)]
+        redrawn[key] = sum(a != own and a != gate["decline"] for a, own in zip(answers[key], result["answers"][key]))
+    gated = {**result, "answers": answers, "answers_ungated": result["answers"], "redrawn_kept": redrawn,
              "ungated": {s: result[s] for s in ("test", "valid")}}
     for split in ("test", "valid"):
         gated[split] = {**result[split], **split_metrics(answers, splits, split)}
         # a declined answerable question costs only when the model's own answer was right
-        right = [key_terms_score(a, r["key_terms"]) and g != a
+        right = [key_terms_score(a, r["key_terms"]) and g == gate["decline"] != a
                  for r, a, g in zip(splits[split], result["answers"][split], answers[split])]
         gated[split]["declined_right_rate"] = sum(right) / max(len(right), 1)
     return gated
 
 
 def write_predictions(path: Path, test_rows: list[dict], before: list[str], after: list[str],
-                      own: list[str] | None = None) -> None:
+                      own: list[str] | None = None, decline: str | None = None) -> None:
     """Every held-out answer, before and after, one JSON line each (for error analysis); with ``own`` (the
-    model's answers before the abstention gate), the model's own answer wherever the gate declined it."""
+    model's greedy answers before the abstention gate), the model's own answer wherever the gate changed it, and
+    ``gate``: ``"declined"`` or ``"re-drawn"``."""
     with path.open("w") as f:
         for i, (r, b, a) in enumerate(zip(test_rows, before, after)):
             row = {"question": r["messages"][1]["content"], "reference": r["messages"][2]["content"],
                    "key_terms": r["key_terms"], "base": b, "fine_tuned": a, "correct": key_terms_score(a, r["key_terms"])}
             if own is not None and own[i] != a:
-                row["declined_by_gate"] = own[i]
+                row.update(model_answer=own[i], gate="declined" if a == decline else "re-drawn")
             f.write(json.dumps(row) + "\n")
 
 

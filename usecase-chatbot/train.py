@@ -48,6 +48,7 @@ class ChatbotArguments:
     abstention_gate: bool = True  # decline ungrounded or unsure answers (needs unanswerable_file; see README)
     max_false_abstention: float = 0.05  # the gate declines at most this share of answerable validation questions
     abstention_relevance: bool = False  # the gate also declines answers sharing no content word with the question
+    abstention_redraw_samples: int = 8  # an answer naming what the docs never use is re-drawn from N samples (0: declined)
     replay_questions_file: str | None = "usecase-chatbot/data/replay_questions.yaml"  # None: no replay
     num_replay_questions: int | None = None  # the first N replay questions (None: all)
     replay_sentences: int = 1  # keep the first N sentences of each replay answer (0: all of it)
@@ -140,8 +141,12 @@ def main(argv: list[str] | None = None) -> dict:
     # through it, as chat.py answers.
     gate = None
     if args.abstention_gate:
-        docs = repo_path(args.docs_file).read_text(encoding="utf-8")
-        gate = scoring.choose_gate(tuned, splits, docs, args.max_false_abstention, args.abstention_relevance)
+        gate = scoring.gate_settings(repo_path(args.docs_file).read_text(encoding="utf-8"),
+                                     splits["decline_valid"][0]["messages"][-1]["content"],
+                                     args.abstention_relevance, args.abstention_redraw_samples)
+        tuned["redrawn"] = scoring.redraw_all(trainer.model, tokenizer, tuned, splits, gate, args.max_new_tokens,
+                                              args.eval_batch_size)
+        gate = scoring.choose_gate(tuned, splits, gate, args.max_false_abstention)
         tuned = scoring.apply_gate(tuned, splits, gate)
         logger.info("abstention gate: abstention %.3f, false abstention %.3f (test)",
                     tuned["test"].get("abstention_rate", float("nan")), tuned["test"]["false_abstention_rate"])
@@ -152,14 +157,16 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer.save_pretrained(out)
     (out / "inference.json").write_text(json.dumps(
         {"system_prompt": args.system_prompt, "max_new_tokens": args.max_new_tokens,
-         "abstention_gate": gate and {k: gate[k] for k in ("threshold", "relevance", "decline", "vocabulary")}}, indent=2))
+         "abstention_gate": gate and {k: gate[k] for k in ("threshold", "relevance", "redraw_samples", "decline",
+                                                           "vocabulary")}}, indent=2))
     if args.export_merged and model_args.use_peft:
         train_stats["merge_max_abs_logit_diff"] = merge_and_export(
             trainer.model, tokenizer, out / "merged", [r["messages"][:-1] for r in splits["test"][:4]],
             card={"task": "Brightboard support chatbot", "metrics": tuned["test"],
                   "data": "usecase-chatbot/data/help_center.md (fictional product, Apache-2.0)"})
     scoring.write_predictions(out / "predictions.jsonl", splits["test"], base["answers"]["test"],
-                              tuned["answers"]["test"], tuned.get("answers_ungated", {}).get("test"))
+                              tuned["answers"]["test"], tuned.get("answers_ungated", {}).get("test"),
+                              gate and gate["decline"])
     clock.lap("export")
     report = scoring.build_report(
         base, tuned, general_sets, splits,
@@ -168,7 +175,8 @@ def main(argv: list[str] | None = None) -> dict:
         train={**train_stats, "rows": len(train_ds), "replay_rows": n_replay},
         config=to_dict(args, model_args), phases=clock.summary(),
         abstention_gate=gate and {**{k: v for k, v in gate.items() if k != "vocabulary"},
-                                  "vocabulary_words": len(gate["vocabulary"]), "without_gate": tuned["ungated"]})
+                                  "vocabulary_words": len(gate["vocabulary"]), "redraw": scoring.REDRAW,
+                                  "redrawn_answers_kept": tuned["redrawn_kept"], "without_gate": tuned["ungated"]})
     write_report(out, report, trainer.state.log_history, sections=[
         ("Example answers (held-out phrasings)",
          scoring.examples_table(splits["test"], base["answers"]["test"], tuned["answers"]["test"])),
