@@ -255,9 +255,10 @@ def apply_gate(result: dict, splits: dict, gate: dict) -> dict:
         answers[key] = [gate["decline"] if declines(r["messages"][1]["content"], a, lp) else a
                         for r, a, lp in zip(splits[key], result["redrawn"][key], token_logprobs, strict=True)]
         redrawn[key] = sum(a != own and a != gate["decline"] for a, own in zip(answers[key], result["answers"][key]))
+    evaluated = [s for s in ("test", "valid") if s in result["answers"]]
     gated = {**result, "answers": answers, "answers_ungated": result["answers"], "redrawn_kept": redrawn,
-             "ungated": {s: result[s] for s in ("test", "valid")}}
-    for split in ("test", "valid"):
+             "ungated": {s: result[s] for s in evaluated}}
+    for split in evaluated:
         gated[split] = {**result[split], **split_metrics(answers, splits, split)}
         # a declined answerable question costs only when the model's own answer was right
         right = [key_terms_score(a, r["key_terms"]) and g == gate["decline"] != a
