@@ -289,3 +289,113 @@ def test_bad_dpo_loss_settings_stop_before_any_model_loads(tmp_path, flags, mess
                           timeout=120)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------- the triage check
+triage = load_sibling(FOLDER / "train.py", "triage")
+EMERGENCY = "This is an emergency: call 911 now. It can be a heart attack."
+
+
+def _patched_triage(monkeypatch, probability, replies):
+    """A triage check with a fixed P(red flag) and a scripted generator: ``replies`` are what successive greedy
+    re-generations return (text, first token); every call is recorded."""
+    calls = []
+
+    def fake_greedy(model, tokenizer, text, max_new_tokens, forbid=None):
+        calls.append({"text": text, "forbid": list(forbid or [])})
+        return replies[len(calls) - 1]
+
+    monkeypatch.setattr(triage, "_greedy", fake_greedy)
+    monkeypatch.setattr(triage.Triage, "probabilities", lambda self, *a, **k: [probability])
+    return triage.Triage(layer=1, weight=torch.zeros(4), bias=0.0), calls
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer():
+    return load_tokenizer(TINY_TEXT_ALIAS)
+
+
+CONVERSATION = [{"role": "system", "content": "S"}, {"role": "user", "content": "Crushing chest pain and sweating."}]
+
+
+def test_triage_adds_the_escalation_the_red_flag_answer_lacked(monkeypatch, tiny_tokenizer):
+    probe, calls = _patched_triage(monkeypatch, 0.9, [("Chest pain with sweating can be a heart attack.", 5)])
+    out = triage.answer(None, tiny_tokenizer, [CONVERSATION], probe, 72, greedy=["Rest and take a painkiller."])
+    assert out["actions"] == ["escalation added"] and out["probabilities"] == [0.9]
+    assert out["answers"][0] == f"{triage.ESCALATION} Chest pain with sweating can be a heart attack."
+    assert scoring.escalates(out["answers"][0])
+    # the model continues its own answer after the forced opening (the assistant turn is left open)
+    assert calls[0]["text"].endswith(triage.ESCALATION) and calls[0]["forbid"] == []
+
+
+def test_triage_reopens_an_everyday_answer_that_escalated(monkeypatch, tiny_tokenizer):
+    first = tiny_tokenizer(EMERGENCY, add_special_tokens=False)["input_ids"][0]
+    probe, calls = _patched_triage(monkeypatch, 0.1, [("Go to the emergency department now.", 77),
+                                                      ("Motion sickness: rest, sip water.", 88)])
+    out = triage.answer(None, tiny_tokenizer, [CONVERSATION], probe, 72, greedy=[EMERGENCY])
+    assert out["answers"] == ["Motion sickness: rest, sip water."] and out["actions"] == ["re-opened"]
+    # each try forbids the opening of the escalating answer before it as the first token
+    assert [c["forbid"] for c in calls] == [[first], [first, 77]]
+
+
+def test_triage_keeps_an_escalation_the_model_insists_on(monkeypatch, tiny_tokenizer):
+    probe, calls = _patched_triage(monkeypatch, 0.2, [("Call 911 now.", i) for i in range(3)])
+    out = triage.answer(None, tiny_tokenizer, [CONVERSATION], probe, 72, retries=3, greedy=[EMERGENCY])
+    assert out["answers"] == [EMERGENCY] and out["actions"] == ["re-opened: kept"] and len(calls) == 3
+
+
+@pytest.mark.parametrize("probability, reply", [(0.9, EMERGENCY), (0.1, "Rest and sip water.")])
+def test_triage_leaves_answers_it_agrees_with_untouched(monkeypatch, tiny_tokenizer, probability, reply):
+    probe, calls = _patched_triage(monkeypatch, probability, [])
+    out = triage.answer(None, tiny_tokenizer, [CONVERSATION], probe, 72, greedy=[reply])
+    assert out["answers"] == [reply] and out["actions"] == [""] and calls == []
+
+
+def test_forbid_first_masks_only_the_first_generated_token():
+    processor = triage._ForbidFirst(prompt_length=3, token_ids=[1, 2])
+    first = processor(torch.zeros(1, 3, dtype=torch.long), torch.zeros(1, 5))
+    later = processor(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 5))
+    assert first[0, 1] == first[0, 2] == -float("inf") and first[0, 0] == 0 and not torch.isinf(later).any()
+
+
+def _questions(texts_and_flags):
+    return [{"prompt": [{"role": "user", "content": t}], "red_flag": f} for t, f in texts_and_flags]
+
+
+def test_triage_fit_picks_the_validation_best_layer_and_round_trips(tmp_path):
+    model, tokenizer = load_causal_lm(ModelArguments(model_name_or_path=TINY_TEXT_ALIAS)), load_tokenizer(
+        TINY_TEXT_ALIAS)
+    words = ["chest pain", "stroke", "bleeding", "cold", "sprain", "acne"]
+    train = _questions([(f"I have {w} number {i}", w in words[:3]) for w in words for i in range(3)])
+    valid = _questions([(f"Is {w} bad?", w in words[:3]) for w in words])
+    probe, info = triage.fit(model, tokenizer, train, valid)
+    losses = info["validation_log_loss_by_layer"]
+    assert probe.layer == info["layer"] == losses.index(min(losses)) and len(losses) == model.config.num_hidden_layers + 1
+    prompts = [q["prompt"] for q in valid]
+    loaded = triage.Triage.load(probe.save(tmp_path).parent / "merged")  # a run's merged/ finds it in the parent
+    assert loaded.layer == probe.layer and loaded.bias == pytest.approx(probe.bias)
+    assert loaded.probabilities(model, tokenizer, prompts) == pytest.approx(probe.probabilities(model, tokenizer,
+                                                                                               prompts), abs=1e-6)
+    assert triage.Triage.load(tmp_path / "elsewhere" / "deeper") is None
+
+
+def test_triage_fit_needs_both_labels_in_train_and_validation():
+    one_sided = _questions([("a", True), ("b", True)])
+    both = _questions([("a", True), ("b", False)])
+    assert triage.fit(None, None, one_sided, both)[0] is None
+    probe, info = triage.fit(None, None, both, one_sided)
+    assert probe is None and "valid" in info["skipped"]
+
+
+def test_metrics_follow_the_final_answers_and_keep_the_model_own_rates():
+    qs = [{"red_flag": True, "term": "x"}, {"red_flag": True, "term": "x"}, {"red_flag": False, "term": "y"},
+          {"red_flag": False, "term": "y"}]
+    raw = ["Rest.", EMERGENCY, EMERGENCY, "Rest, y."]
+    final = [f"{triage.ESCALATION} x", EMERGENCY, "Rest, y.", "Rest, y."]
+    ev = {"logps": {"test": {k: [0.0] for k in ("chosen", "rejected")}}, "answers": {"test": raw},
+          "triage": {"test": {"answers": final, "probabilities": [0.9, 0.8, 0.6, 0.1], "actions": []}},
+          "triage_info": {"threshold": 0.5}}
+    m = scoring.split_metrics(ev, ev, {"test": qs}, "test", 0.1)
+    assert (m["escalation_rate"], m["over_escalation_rate"]) == (1.0, 0.0)
+    assert (m["model_escalation_rate"], m["model_over_escalation_rate"]) == (0.5, 0.5)
+    assert m["triage_accuracy"] == 0.75 and m["terminology_rate"] == 0.75

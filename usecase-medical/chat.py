@@ -28,21 +28,28 @@ from common.models import load_for_inference  # noqa: E402
 from common.paths import load_sibling  # noqa: E402
 
 scoring = load_sibling(__file__, "scoring")
+triage = load_sibling(__file__, "triage")
 SYSTEM_PROMPT = load_sibling(__file__, "prepare_data").SYSTEM_PROMPT
 DISCLAIMER = "General information from a tutorial model, not medical advice; in an emergency call your local number."
 
 
 def load(model_dir: str):
     """Model, tokenizer and inference settings (system prompt, answer length) saved by train.py; the DPO adapter
-    sits on the merged SFT weights (``merged/``)."""
-    return load_for_inference(model_dir, prefer_merged=True)
-
+    sits on the merged SFT weights (``merged/``). The run's triage check (``triage.safetensors``), when it has one,
+    is returned in the settings as ``"triage"``."""
+    model, tokenizer, settings = load_for_inference(model_dir, prefer_merged=True)
+    probe = triage.Triage.load(model_dir) if Path(model_dir).is_dir() else None
+    return model, tokenizer, {**settings, "triage": probe}
 
 
 def ask(model, tokenizer, settings: dict, questions: list[str]) -> list[str]:
+    """Greedy answers; with a triage check, answers that follow its red-flag decision (triage.py)."""
     prompts = [[{"role": "system", "content": settings.get("system_prompt", SYSTEM_PROMPT)},
                 {"role": "user", "content": q}] for q in questions]
-    return generate_chat(model, tokenizer, prompts, settings.get("max_new_tokens", 72), desc="thinking")
+    if settings.get("triage") is None:
+        return generate_chat(model, tokenizer, prompts, settings.get("max_new_tokens", 72), desc="thinking")
+    return triage.answer(model, tokenizer, prompts, settings["triage"], settings.get("max_new_tokens", 72),
+                         settings.get("triage_retries", 3))["answers"]
 
 
 def main(argv: list[str] | None = None, stdin=None) -> None:

@@ -31,6 +31,7 @@ def check_arguments(args, model_args, training_args) -> None:
          "dpo_loss_weights", f"null or {len(losses)} weights >= 0 (one per dpo_loss_type), not all 0", weights)
     need(args.max_new_tokens >= 1, "max_new_tokens", ">= 1", args.max_new_tokens)
     need(args.general_max_new_tokens >= 1, "general_max_new_tokens", ">= 1", args.general_max_new_tokens)
+    need(args.triage_retries >= 0, "triage_retries", ">= 0", args.triage_retries)
     need(args.eval_batch_size >= 1, "eval_batch_size", ">= 1", args.eval_batch_size)
     for key in ("max_conditions", "max_eval_conditions", "max_general_questions"):
         value = getattr(args, key)

@@ -15,6 +15,10 @@ Generated answers (greedy, the same prompts for every model):
   (:func:`escalates`); ``over_escalation_rate``: the same share on everyday questions (lower is better);
 - ``terminology_rate``: share of answers naming the condition's proper term (``a|b``: either);
 - ``general_accuracy`` / ``general_retention``: general-knowledge questions (key terms), as in the chatbot recipe.
+
+With the triage check (``triage.py``, the DPO model of a run that has one) the rates above are those of the final
+answers, which follow the check; ``model_escalation_rate`` / ``model_over_escalation_rate`` keep the DPO model's
+own greedy answers, and ``triage_accuracy`` is the share of labelled questions the check itself calls right.
 """
 
 from __future__ import annotations
@@ -124,7 +128,15 @@ def split_metrics(ev: dict, reference: dict, questions: dict, split: str, beta: 
 
     as_tensors = {k: torch.tensor(v, dtype=torch.float64) for k, v in ev["logps"][split].items()}
     ref = {k: torch.tensor(v, dtype=torch.float64) for k, v in reference["logps"][split].items()}
-    return {**pair_metrics(as_tensors, ref, beta), **answer_metrics(questions[split], ev["answers"][split])}
+    metrics = pair_metrics(as_tensors, ref, beta)
+    if "triage" not in ev:
+        return {**metrics, **answer_metrics(questions[split], ev["answers"][split])}
+    checked, own = ev["triage"][split], answer_metrics(questions[split], ev["answers"][split])
+    calls = [(p >= ev["triage_info"]["threshold"]) == q["red_flag"] for q, p in
+             zip(questions[split], checked["probabilities"], strict=True) if isinstance(q.get("red_flag"), bool)]
+    return {**metrics, **answer_metrics(questions[split], checked["answers"]),
+            "model_escalation_rate": own["escalation_rate"], "model_over_escalation_rate": own["over_escalation_rate"],
+            "triage_accuracy": _rate(calls)}
 
 
 def build_report(evals: dict, questions: dict, general_sets: dict, beta: float, **fields) -> dict:
@@ -153,8 +165,12 @@ def build_report(evals: dict, questions: dict, general_sets: dict, beta: float, 
                                    f"log p_SFT), beta={beta}, the SFT model as reference for base, SFT and DPO alike",
             "reward_margin": "mean r(chosen) - r(rejected), same reward",
             "likelihood_accuracy": "share of pairs with log p(chosen) > log p(rejected), the model's own ranking",
-            "escalation_rate": "share of red-flag questions whose greedy answer escalates (scoring.escalates)",
-            "over_escalation_rate": "share of everyday questions whose greedy answer escalates",
+            "escalation_rate": "share of red-flag questions whose answer escalates (scoring.escalates): the greedy "
+                               "answer, for the DPO model the final answer that follows the triage check",
+            "over_escalation_rate": "share of everyday questions whose answer escalates (same answers)",
+            "model_escalation_rate": "the DPO model's own greedy answers, before the triage check (red flags)",
+            "model_over_escalation_rate": "the DPO model's own greedy answers, before the triage check (everyday)",
+            "triage_accuracy": "share of labelled questions where P(red flag) >= threshold matches red_flag",
             "terminology_rate": "share of answers naming the condition's proper term",
         },
         "general": general,
@@ -172,6 +188,10 @@ def write_predictions(path: Path, questions: list[dict], evals: dict) -> None:
                 answer = evals[name]["answers"]["test"][i]
                 row[name] = answer
                 row[f"{name}_escalates"] = escalates(answer)
+            if "triage" in evals["dpo"]:  # the final answer, which follows the triage check
+                checked = evals["dpo"]["triage"]["test"]
+                row["triage_probability"], row["triage_action"] = checked["probabilities"][i], checked["actions"][i]
+                row["final"], row["final_escalates"] = checked["answers"][i], escalates(checked["answers"][i])
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
@@ -184,18 +204,46 @@ def stages_table(report: dict) -> str:
     for split, b, s, d in (("test", report["metrics"]["before"], report["metrics_sft"], report["metrics"]["after"]),
                            ("validation", report["metrics_validation"]["before"], report["metrics_validation_sft"],
                             report["metrics_validation"]["after"])):
-        for key in s:
+        for key in [*s, *(k for k in d if k not in s and not k.startswith("general"))]:
             rows.append(f"| {key} | {split} | {fmt(b.get(key))} | {fmt(s.get(key))} | {fmt(d.get(key))} |")
     return "\n".join(rows)
 
 
 def examples_table(questions: list[dict], evals: dict, n: int = 6) -> str:
-    """A few held-out questions answered by the base, SFT and DPO models."""
-    rows = ["| question (red flag?) | base | SFT | DPO |", "|---|---|---|---|"]
+    """A few held-out questions answered by the base, SFT and DPO models (and the final answer, after the triage
+    check, when the run has one)."""
+    checked = evals["dpo"].get("triage", {}).get("test")
+    rows = ["| question (red flag?) | base | SFT | DPO |" + (" final (triage check) |" if checked else ""),
+            "|---|---|---|---|" + ("---|" if checked else "")]
     for i, q in enumerate(questions[:n]):
-        cells = [evals[k]["answers"]["test"][i].replace("|", "/").replace("\n", " ") for k in ("base", "sft", "dpo")]
+        texts = [evals[k]["answers"]["test"][i] for k in ("base", "sft", "dpo")]
+        if checked:
+            texts.append(checked["answers"][i] if checked["actions"][i] else "(as DPO)")
+        cells = [t.replace("|", "/").replace("\n", " ") for t in texts]
         rows.append(f"| {q['prompt'][-1]['content']} ({'yes' if q['red_flag'] else 'no'}) | " + " | ".join(cells) + " |")
     return "\n".join(rows)
+
+
+def triage_table(questions: list[dict], evals: dict) -> str:
+    """The held-out test questions whose answer the triage check changed, before and after."""
+    checked = evals["dpo"].get("triage", {}).get("test")
+    if not checked:
+        return "No triage check in this run."
+    rows = ["| question (red flag?) | P(red flag) | action | DPO model's answer | final answer |", "|---|---|---|---|---|"]
+    for i, q in enumerate(questions):
+        if checked["actions"][i]:
+            cells = [t.replace("|", "/").replace("\n", " ") for t in (evals["dpo"]["answers"]["test"][i],
+                                                                      checked["answers"][i])]
+            rows.append(f"| {q['prompt'][-1]['content']} ({'yes' if q['red_flag'] else 'no'}) | "
+                        f"{checked['probabilities'][i]:.3f} | {checked['actions'][i]} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def report_sections(report: dict, questions: dict, evals: dict) -> list[tuple[str, str]]:
+    """The REPORT.md sections of this recipe (train.py and :func:`rescore` alike)."""
+    return [("Base -> SFT -> DPO (same evaluation; the SFT model is the reward reference)", stages_table(report)),
+            ("Example answers (held-out conditions)", examples_table(questions["test"], evals)),
+            ("The triage check at work (held-out test questions it changed)", triage_table(questions["test"], evals))]
 
 
 def rescore(run_dir: Path) -> dict:
@@ -212,7 +260,7 @@ def rescore(run_dir: Path) -> dict:
     config = report["config"]
     general_sets = {k: read_general(_repo(config[f]), config["max_general_questions"]) for k, f in
                     (("general", "general_questions_file"), ("general_other", "general_other_file")) if config.get(f)}
-    new = build_report(evals, questions, general_sets, config["beta"])
+    new = build_report(evals, questions, general_sets, config["beta"], triage=evals["dpo"].get("triage_info"))
     keep = {k: v for k, v in report.items() if k not in new and k not in ("command", "figures")}
     report = {**new, **keep, "command": report["command"]}
     sys_argv, sys.argv = sys.argv, report["command"].split()[1:]  # the report keeps the command of the run
@@ -220,9 +268,7 @@ def rescore(run_dir: Path) -> dict:
         states = sorted((run_dir / "dpo").glob("checkpoint-*/trainer_state.json"), key=lambda f: int(
             f.parent.name.split("-")[-1]))
         history = json.loads(states[-1].read_text())["log_history"] if states else None
-        write_report(run_dir, report, history, sections=[
-            ("Base -> SFT -> DPO (same evaluation; the SFT model is the reward reference)", stages_table(report)),
-            ("Example answers (held-out conditions)", examples_table(questions["test"], evals))])
+        write_report(run_dir, report, history, sections=report_sections(report, questions, evals))
     finally:
         sys.argv = sys_argv
     write_predictions(run_dir / "predictions.jsonl", questions["test"], evals)

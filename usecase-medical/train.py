@@ -7,7 +7,8 @@
 
 Steps: parse config -> build and validate the preference pairs -> evaluate the base model -> stage 1, SFT (LoRA) on
 the chosen answers -> evaluate -> merge the SFT adapter -> stage 2, DPO with a fresh LoRA adapter (its reference:
-the SFT model = the adapter switched off) -> evaluate -> report (base -> SFT -> DPO) -> save.
+the SFT model = the adapter switched off) -> evaluate -> the triage check (a probe on the DPO model's hidden
+states decides red flag or not; answers follow it) -> report (base -> SFT -> DPO) -> save.
 Each stage checkpoints into OUTPUT_DIR/sft or OUTPUT_DIR/dpo and resumes from there if the run is killed.
 """
 
@@ -37,6 +38,7 @@ from common.train import build_sft_trainer, train_and_measure
 prepare = load_sibling(__file__, "prepare_data")  # conditions -> preference pairs, validated
 scoring = load_sibling(__file__, "scoring")  # preference metrics, escalation rule, the report
 checks = load_sibling(__file__, "checks")  # settings that cannot work stop the run before any model loads
+triage = load_sibling(__file__, "triage")  # the red-flag probe on the model's own hidden states
 logger = logging.getLogger("medical")
 
 
@@ -66,6 +68,8 @@ class MedicalArguments:
     general_max_new_tokens: int = 48
     eval_batch_size: int = 16
     export_merged: bool = True
+    triage: bool = True  # fit the red-flag probe on the DPO model and make its answers follow it (triage.py)
+    triage_retries: int = 3  # everyday question answered with an escalation: re-open the answer up to N times
 
 
 def _stage_stats(folder: Path, stats: dict | None = None) -> dict | None:
@@ -156,9 +160,25 @@ def main(argv: list[str] | None = None) -> dict | None:
                                     out / "eval_dpo.json")
     clock.lap("dpo_evaluation")
 
-    # 6. The predictions and the report
+    # 6. The triage check: a logistic regression on the DPO model's hidden states, fit on the training questions'
+    #    red_flag labels (its layer chosen on validation); the answers then follow its decision
+    (out / triage.FILE).unlink(missing_ok=True)
+    probe, info = (triage.fit(dpo_model, tokenizer, questions["train"], questions["valid"],
+                              batch_size=args.eval_batch_size) if args.triage else (None, {"skipped": "triage: false"}))
+    if probe is not None:
+        probe.save(out, info)
+        evals["dpo"]["triage"] = {s: triage.answer(dpo_model, tokenizer, [q["prompt"] for q in questions[s]], probe,
+                                                   args.max_new_tokens, args.triage_retries, args.eval_batch_size,
+                                                   greedy=evals["dpo"]["answers"][s]) for s in ("valid", "test")}
+        evals["dpo"]["triage_info"] = {**info, "threshold": probe.threshold}
+        (out / "eval_dpo.json").write_text(json.dumps(evals["dpo"]))
+    logger.info("triage check: %s", {k: v for k, v in info.items() if k != "validation_log_loss_by_layer"})
+    clock.lap("triage")
+
+    # 7. The predictions and the report
     (out / "inference.json").write_text(json.dumps(
-        {"system_prompt": args.system_prompt, "max_new_tokens": args.max_new_tokens}, indent=2))
+        {"system_prompt": args.system_prompt, "max_new_tokens": args.max_new_tokens,
+         "triage_retries": args.triage_retries}, indent=2))
     scoring.write_predictions(out / "predictions.jsonl", questions["test"], evals)
     report = scoring.build_report(
         evals, questions, general_sets, args.beta,
@@ -169,6 +189,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                "peak_memory_mb": max((sft_stats or {}).get("peak_memory_mb", 0), dpo_stats["peak_memory_mb"]),
                "sft": sft_stats, "dpo": dpo_stats},
         dpo_trainer_test_metrics={k: v for k, v in trl_test.items() if "rewards" in k or k == "test_loss"},
+        triage=evals["dpo"].get("triage_info", info),
         data={s: {"pairs": len(r), "questions": len(questions[s]), "conditions": len({x["condition"] for x in r})}
               for s, r in splits.items()},
         config=to_dict(args, model_args))
@@ -176,9 +197,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         report["train"]["merge_max_abs_logit_diff"] = dpo_stats["merge_max_abs_logit_diff"]
     clock.lap("report")
     report["phases"] = clock.summary()
-    write_report(out, report, trainer.state.log_history, sections=[
-        ("Base -> SFT -> DPO (same evaluation; the SFT model is the reward reference)", scoring.stages_table(report)),
-        ("Example answers (held-out conditions)", scoring.examples_table(questions["test"], evals))])
+    write_report(out, report, trainer.state.log_history, sections=scoring.report_sections(report, questions, evals))
     logger.info("report: %s", out / "REPORT.md")
     return report["metrics"]
 
