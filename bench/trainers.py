@@ -13,6 +13,8 @@ its own process one after the other (nothing else should run meanwhile) so that 
   (c) ``cookbook``: ``common.train.build_sft_trainer`` with the hardware policy's precision;
   (c') ``cookbook_dropout0``: the same with ``lora_dropout=0`` -- one speed lever: PEFT then skips the dropout of
        every LoRA module's input (a full-size copy of the activations per module and step);
+  (c'') ``cookbook_compiled``: (c') with ``torch_compile=True`` (the Trainer compiles the model with
+       ``torch.compile``, Inductor); its compile time is the first steps' (``warmup_s``), outside the steady rate;
 - vision (EfficientNet-Lite0, embedded; the defects recipe's generated images at 128 px; full fine-tune; batch 32):
   (d) ``plain_vision``: a plain timm + PyTorch loop (AdamW, DataLoader defaults), fp32;
   (e) ``cookbook_vision``: ``common.vision.build_trainer`` (HF Trainer) with the policy's precision.
@@ -42,8 +44,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-TEXT_CASES = ("trl_default", "trl_fp32", "cookbook", "cookbook_dropout0")
+TEXT_CASES = ("trl_default", "trl_fp32", "cookbook", "cookbook_dropout0", "cookbook_compiled")
 VISION_CASES = ("plain_vision", "cookbook_vision")
+WARMUP_STEPS = {"cookbook_compiled": 3}  # beyond the first step: recompilations for new sequence lengths
 
 
 def _step_timer():
@@ -93,7 +96,7 @@ def run_text(case: str, steps: int) -> dict:
 
     batch = 8
     rows = _text_rows(batch * (steps + 1))
-    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0 if case == "cookbook_dropout0" else 0.05,
+    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0 if case in ("cookbook_dropout0", "cookbook_compiled") else 0.05,
                       target_modules="all-linear", task_type="CAUSAL_LM")
     common = dict(output_dir=str(REPO / "runs" / "bench" / case), per_device_train_batch_size=batch,
                   learning_rate=1e-3, max_steps=steps + 1, logging_steps=1, save_strategy="no", report_to=[],
@@ -104,7 +107,8 @@ def run_text(case: str, steps: int) -> dict:
         args = SFTConfig(**common, use_cpu=not torch.cuda.is_available(), bf16=False, fp16=False,
                          activation_checkpointing=False)
     else:
-        args = SFTConfig(**common, **precision_defaults(), activation_checkpointing=False)
+        args = SFTConfig(**common, **precision_defaults(), activation_checkpointing=False,
+                         torch_compile=case == "cookbook_compiled")
     tokenizer = load_tokenizer("smollm2-135m-instruct")
     timer = _step_timer()
     if case.startswith("cookbook"):
@@ -121,11 +125,13 @@ def run_text(case: str, steps: int) -> dict:
     n_matmul = sum(p.numel() for n, p in model.named_parameters() if "embed_tokens" not in n and "lora_" not in n)
     if model.config.tie_word_embeddings:  # the LM head is the input embedding, used as a matmul
         n_matmul += model.get_input_embeddings().weight.numel()
-    seconds = sum(timer.times[1:]) / steps
-    tokens = (timer.tokens[-1] - timer.tokens[0]) if len(timer.tokens) > 1 else float("nan")
-    tokens_per_s = tokens / sum(timer.times[1:])
+    skip = 1 + WARMUP_STEPS.get(case, 0)  # the first step (and a compiled model's recompilations) are warm-up
+    seconds = sum(timer.times[skip:]) / (len(timer.times) - skip)
+    tokens = (timer.tokens[-1] - timer.tokens[skip - 1]) if len(timer.tokens) > skip else float("nan")
+    tokens_per_s = tokens / sum(timer.times[skip:])
     precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
     return {"seconds_per_step": round(seconds, 3), "tokens_per_s": round(tokens_per_s, 1),
+            "warmup_s": round(sum(timer.times[:skip]), 1), "step_times": [round(t, 2) for t in timer.times],
             "tokens_per_step": round(tokens / steps, 1), "precision": precision,
             "activation_checkpointing": bool(args.activation_checkpointing),
             "achieved_gflops": round(4 * n_matmul * tokens_per_s / 1e9, 1), "matmul_parameters": n_matmul}
