@@ -14,7 +14,8 @@ its own process one after the other (nothing else should run meanwhile) so that 
   (c') ``cookbook_dropout0``: the same with ``lora_dropout=0`` -- one speed lever: PEFT then skips the dropout of
        every LoRA module's input (a full-size copy of the activations per module and step);
   (c'') ``cookbook_compiled``: (c') with ``torch_compile=True`` (the Trainer compiles the model with
-       ``torch.compile``, Inductor); its compile time is the first steps' (``warmup_s``), outside the steady rate;
+       ``torch.compile``, Inductor); its compile time is the first steps' (``warmup_s``), outside the steady rate.
+       ~8 min on 2 cores, so not in the default sequence: ``python bench/trainers.py --case cookbook_compiled``;
 - vision (EfficientNet-Lite0, embedded; the defects recipe's generated images at 128 px; full fine-tune; batch 32):
   (d) ``plain_vision``: a plain timm + PyTorch loop (AdamW, DataLoader defaults), fp32;
   (e) ``cookbook_vision``: ``common.vision.build_trainer`` (HF Trainer) with the policy's precision.
@@ -230,7 +231,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "vision_steps": args.vision_steps,
                     "matmul_peak_gflops": {"fp32": matmul_peak_gflops(torch.float32),
                                            "bf16": matmul_peak_gflops(torch.bfloat16)}, "cases": {}}
-    for case in TEXT_CASES + VISION_CASES:
+    for case in [c for c in TEXT_CASES + VISION_CASES if c != "cookbook_compiled"]:
         print(f"== {case}", flush=True)
         start = time.perf_counter()
         proc = subprocess.run([sys.executable, __file__, "--case", case, "--text_steps", str(args.text_steps),
@@ -246,7 +247,7 @@ def main(argv: list[str] | None = None) -> dict:
         "cookbook_vs_trl_fp32": round(c["cookbook"]["tokens_per_s"] / c["trl_fp32"]["tokens_per_s"], 2),
         "vision_vs_plain": round(c["cookbook_vision"]["images_per_s"] / c["plain_vision"]["images_per_s"], 2),
         "lora_dropout0_vs_cookbook": round(c["cookbook_dropout0"]["tokens_per_s"] / c["cookbook"]["tokens_per_s"], 2)}
-    for case in TEXT_CASES:
+    for case in [t for t in TEXT_CASES if t in c]:
         peak = report["matmul_peak_gflops"][c[case]["precision"] if c[case]["precision"] != "fp16" else "fp32"]
         c[case]["share_of_matmul_peak"] = round(c[case]["achieved_gflops"] / peak, 3)
     return write_report(report, args.out, "ratios")
