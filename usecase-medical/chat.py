@@ -6,8 +6,10 @@
     python usecase-medical/chat.py --model_dir smollm2-135m-instruct --question "..."   # the base model
 
 ``--model_dir`` is the folder ``train.py --output_dir`` wrote (its ``merged/`` model is used), the ``merged/``
-folder itself, or any model name for comparison. With ``--question`` only the answer is printed, then one line
-saying it is not medical advice. A tutorial model: general information only, never a diagnosis.
+folder itself, or any model name for comparison. A run folder's triage check (``triage.safetensors``) is applied as
+in train.py: the answer follows the check's red-flag call (triage.py). With ``--question`` only the answer is
+printed, then one line saying it is not medical advice. A tutorial model: general information only, never a
+diagnosis.
 """
 
 from __future__ import annotations
