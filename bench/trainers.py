@@ -2,6 +2,7 @@
 
     make bench                                   # = python bench/trainers.py; ~3 min on 2 cores
     python bench/trainers.py --text_steps 6 --vision_steps 6
+    python bench/trainers.py --case cookbook_dropout0 --text_batch 16      # one case alone, 16 rows a step
 
 Same model, same rows, same LoRA settings, same number of optimizer steps in every text case; each case runs in
 its own process one after the other (nothing else should run meanwhile) so that peak memory is its own:
@@ -86,7 +87,7 @@ def _text_rows(n: int):
     return ds.map(messages_to_prompt_completion, remove_columns=ds.column_names)
 
 
-def run_text(case: str, steps: int) -> dict:
+def run_text(case: str, steps: int, batch: int = 8) -> dict:
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
@@ -95,7 +96,6 @@ def run_text(case: str, steps: int) -> dict:
     from common.models import load_causal_lm, load_tokenizer
     from common.train import build_sft_trainer
 
-    batch = 8
     rows = _text_rows(batch * (steps + 1))
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0 if case in ("cookbook_dropout0", "cookbook_compiled") else 0.05,
                       target_modules="all-linear", task_type="CAUSAL_LM")
@@ -217,12 +217,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--text_steps", type=int, default=8, help="timed optimizer steps per text case")
     parser.add_argument("--vision_steps", type=int, default=8, help="timed optimizer steps per vision case")
+    parser.add_argument("--text_batch", type=int, default=8, help="rows per text step (one lever: bigger matmuls)")
     parser.add_argument("--out", default="runs/bench/bench.json")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this process
     args = parser.parse_args(argv)
     if args.case:  # one case, in its own process: print its figures as the last line
-        fn, steps = (run_text, args.text_steps) if args.case in TEXT_CASES else (run_vision, args.vision_steps)
-        result = fn(args.case, steps)
+        result = (run_text(args.case, args.text_steps, args.text_batch) if args.case in TEXT_CASES
+                  else run_vision(args.case, args.vision_steps))
         result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         print(json.dumps(result))
         return result
