@@ -133,7 +133,7 @@ def run_text(case: str, steps: int, batch: int = 8) -> dict:
     precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
     return {"seconds_per_step": round(seconds, 3), "tokens_per_s": round(tokens_per_s, 1),
             "warmup_s": round(sum(timer.times[:skip]), 1), "step_times": [round(t, 2) for t in timer.times],
-            "tokens_per_step": round(tokens / steps, 1), "precision": precision,
+            "tokens_per_step": round(tokens / (len(timer.times) - skip), 1), "precision": precision,
             "activation_checkpointing": bool(args.activation_checkpointing),
             "achieved_gflops": round(4 * n_matmul * tokens_per_s / 1e9, 1), "matmul_parameters": n_matmul}
 

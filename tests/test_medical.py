@@ -399,3 +399,11 @@ def test_metrics_follow_the_final_answers_and_keep_the_model_own_rates():
     assert (m["escalation_rate"], m["over_escalation_rate"]) == (1.0, 0.0)
     assert (m["model_escalation_rate"], m["model_over_escalation_rate"]) == (0.5, 0.5)
     assert m["triage_accuracy"] == 0.75 and m["terminology_rate"] == 0.75
+
+
+def test_greedy_with_a_forbidden_opening_starts_otherwise_on_a_real_model(tiny_tokenizer):
+    model = load_causal_lm(ModelArguments(model_name_or_path=TINY_TEXT_ALIAS))
+    text = tiny_tokenizer.apply_chat_template(CONVERSATION, tokenize=False, add_generation_prompt=True)
+    free, first = triage._greedy(model, tiny_tokenizer, text, 6)
+    forced, other = triage._greedy(model, tiny_tokenizer, text, 6, forbid=[first])
+    assert first != -1 and other not in (first, -1)  # the same greedy decoding, another first token
