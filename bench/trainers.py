@@ -17,6 +17,9 @@ its own process one after the other (nothing else should run meanwhile) so that 
   (c'') ``cookbook_compiled``: (c') with ``torch_compile=True`` (the Trainer compiles the model with
        ``torch.compile``, Inductor); its compile time is the first steps' (``warmup_s``), outside the steady rate.
        ~8 min on 2 cores, so not in the default sequence: ``python bench/trainers.py --case cookbook_compiled``;
+  (c''') ``cookbook_top_layers``: (c') with LoRA on the last ``--lora_layers`` transformer layers only (default 15
+       of 30): back-propagation then stops at the lowest adapted layer (a lever on the work, not the kernels; run
+       alone: ``python bench/trainers.py --case cookbook_top_layers --lora_layers 15``);
 - vision (EfficientNet-Lite0, embedded; the defects recipe's generated images at 128 px; full fine-tune; batch 32):
   (d) ``plain_vision``: a plain timm + PyTorch loop (AdamW, DataLoader defaults), fp32;
   (e) ``cookbook_vision``: ``common.vision.build_trainer`` (HF Trainer) with the policy's precision.
@@ -28,7 +31,9 @@ precision; the CPU model and flags; the ratios ``cookbook_vs_trl_default``, ``co
 FLOP accounting (text, LoRA): ~4·N FLOP per processed token -- the forward (2·N) plus the gradients with respect
 to the activations (2·N) that back-propagation needs through the frozen weights; the frozen weights get no weight
 gradient and the LoRA matrices are ~3% of N. N = the model's matmul parameters (all but the input embedding; the
-tied LM head counts once), padding tokens excluded.
+tied LM head counts once), padding tokens excluded. With LoRA on the top layers only (c'''), the activation
+gradients stop at the lowest adapted layer: 2·N + 2·N_above per token, N_above = the matmul parameters from that
+layer up (LM head included).
 """
 
 from __future__ import annotations
@@ -46,8 +51,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-TEXT_CASES = ("trl_default", "trl_fp32", "cookbook", "cookbook_dropout0", "cookbook_compiled")
+TEXT_CASES = ("trl_default", "trl_fp32", "cookbook", "cookbook_dropout0", "cookbook_compiled", "cookbook_top_layers")
 VISION_CASES = ("plain_vision", "cookbook_vision")
+LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]  # = all-linear, by name
 WARMUP_STEPS = {"cookbook_compiled": 3}  # beyond the first step: recompilations for new sequence lengths
 
 
@@ -87,7 +93,7 @@ def _text_rows(n: int):
     return ds.map(messages_to_prompt_completion, remove_columns=ds.column_names)
 
 
-def run_text(case: str, steps: int, batch: int = 8) -> dict:
+def run_text(case: str, steps: int, batch: int = 8, lora_layers: int = 15) -> dict:
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
@@ -97,8 +103,10 @@ def run_text(case: str, steps: int, batch: int = 8) -> dict:
     from common.train import build_sft_trainer
 
     rows = _text_rows(batch * (steps + 1))
-    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0 if case in ("cookbook_dropout0", "cookbook_compiled") else 0.05,
-                      target_modules="all-linear", task_type="CAUSAL_LM")
+    first = 30 - lora_layers if case == "cookbook_top_layers" else None  # SmolLM2-135M has 30 layers
+    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05 if case in ("trl_default", "trl_fp32", "cookbook") else 0.0,
+                      target_modules=LINEAR if first is not None else "all-linear", task_type="CAUSAL_LM",
+                      layers_to_transform=None if first is None else list(range(first, 30)))
     common = dict(output_dir=str(REPO / "runs" / "bench" / case), per_device_train_batch_size=batch,
                   learning_rate=1e-3, max_steps=steps + 1, logging_steps=1, save_strategy="no", report_to=[],
                   max_length=256, seed=0, data_seed=0, disable_tqdm=True)
@@ -126,6 +134,10 @@ def run_text(case: str, steps: int, batch: int = 8) -> dict:
     n_matmul = sum(p.numel() for n, p in model.named_parameters() if "embed_tokens" not in n and "lora_" not in n)
     if model.config.tie_word_embeddings:  # the LM head is the input embedding, used as a matmul
         n_matmul += model.get_input_embeddings().weight.numel()
+    n_backward = n_matmul  # matmul parameters the activation gradients pass through
+    if first is not None:
+        n_backward -= sum(p.numel() for n, p in model.named_parameters()
+                          if "lora_" not in n and any(f"layers.{i}." in n for i in range(first)))
     skip = 1 + WARMUP_STEPS.get(case, 0)  # the first step (and a compiled model's recompilations) are warm-up
     seconds = sum(timer.times[skip:]) / (len(timer.times) - skip)
     tokens = (timer.tokens[-1] - timer.tokens[skip - 1]) if len(timer.tokens) > skip else float("nan")
@@ -135,7 +147,8 @@ def run_text(case: str, steps: int, batch: int = 8) -> dict:
             "warmup_s": round(sum(timer.times[:skip]), 1), "step_times": [round(t, 2) for t in timer.times],
             "tokens_per_step": round(tokens / (len(timer.times) - skip), 1), "precision": precision,
             "activation_checkpointing": bool(args.activation_checkpointing),
-            "achieved_gflops": round(4 * n_matmul * tokens_per_s / 1e9, 1), "matmul_parameters": n_matmul}
+            "achieved_gflops": round(2 * (n_matmul + n_backward) * tokens_per_s / 1e9, 1),
+            "matmul_parameters": n_matmul, "lora_layers": "all" if first is None else f"{first}-29"}
 
 
 def _vision_data(n: int):
@@ -218,11 +231,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--text_steps", type=int, default=8, help="timed optimizer steps per text case")
     parser.add_argument("--vision_steps", type=int, default=8, help="timed optimizer steps per vision case")
     parser.add_argument("--text_batch", type=int, default=8, help="rows per text step (one lever: bigger matmuls)")
+    parser.add_argument("--lora_layers", type=int, default=15, help="cookbook_top_layers: LoRA on the last N layers")
     parser.add_argument("--out", default="runs/bench/bench.json")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this process
     args = parser.parse_args(argv)
     if args.case:  # one case, in its own process: print its figures as the last line
-        result = (run_text(args.case, args.text_steps, args.text_batch) if args.case in TEXT_CASES
+        result = (run_text(args.case, args.text_steps, args.text_batch, args.lora_layers) if args.case in TEXT_CASES
                   else run_vision(args.case, args.vision_steps))
         result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         print(json.dumps(result))
@@ -232,7 +246,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "vision_steps": args.vision_steps,
                     "matmul_peak_gflops": {"fp32": matmul_peak_gflops(torch.float32),
                                            "bf16": matmul_peak_gflops(torch.bfloat16)}, "cases": {}}
-    for case in [c for c in TEXT_CASES + VISION_CASES if c != "cookbook_compiled"]:
+    for case in [c for c in TEXT_CASES + VISION_CASES if c not in ("cookbook_compiled", "cookbook_top_layers")]:
         print(f"== {case}", flush=True)
         start = time.perf_counter()
         proc = subprocess.run([sys.executable, __file__, "--case", case, "--text_steps", str(args.text_steps),

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from trl import ModelConfig, TrlParser
+from torch import nn
+from trl import ModelConfig, TrlParser, get_peft_config
 
 from common.errors import ConfigError
 from common.hardware import check_training_precision, precision_defaults
@@ -48,6 +49,37 @@ class ModelArguments(ModelConfig):
         default_factory=lambda: ["all-linear"],
         metadata={"help": "LoRA target modules (`all-linear` adapts every linear layer but the LM head)."},
     )
+    lora_last_layers: int | None = field(
+        default=None,
+        metadata={"help": "LoRA on the last N transformer layers only (null: every layer). Back-propagation then "
+                          "stops at the lowest adapted layer, and the layers below keep the pretrained function."},
+    )
+
+
+def peft_config(model_args: ModelArguments, model: nn.Module):
+    """TRL's ``get_peft_config`` plus ``lora_last_layers`` (PEFT's ``layers_to_transform``); ``None`` without LoRA.
+
+    PEFT takes ``layers_to_transform`` only with a list of module names, so ``all-linear`` is spelled out as the
+    names of the model's linear layers (the output embedding excepted), which is what PEFT itself adapts for it.
+    """
+    config = get_peft_config(model_args)
+    last = getattr(model_args, "lora_last_layers", None)
+    if config is None or last is None:
+        return config
+    layers = model.config.num_hidden_layers
+    if not 1 <= last <= layers:
+        raise ConfigError(f"lora_last_layers={last}: the model has {layers} transformer layers (1..{layers})")
+    targets = config.target_modules
+    if isinstance(targets, str):
+        if targets != "all-linear":
+            raise ConfigError("lora_last_layers needs lora_target_modules as module names (or all-linear), "
+                              f"not the pattern {targets!r}")
+        head = model.get_output_embeddings()
+        targets = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                          if isinstance(module, nn.Linear) and module is not head})
+    config.target_modules = set(targets)
+    config.layers_to_transform = list(range(layers - last, layers))
+    return config
 
 
 def parse_config(

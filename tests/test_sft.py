@@ -7,9 +7,9 @@ from datasets import Dataset, concatenate_datasets
 from transformers import TrainerCallback
 from trl import SFTConfig, get_peft_config
 
-from common.config import ModelArguments
+from common.config import ModelArguments, peft_config
 from common.data import messages_to_prompt_completion
-from common.errors import ModelPathError
+from common.errors import ConfigError, ModelPathError
 from common.export import merge_and_export
 from common.models import TINY_TEXT_ALIAS, load_causal_lm, load_tokenizer, load_trained_causal_lm
 from common.train import build_sft_trainer, train_and_measure
@@ -324,3 +324,40 @@ def test_a_finished_run_is_never_trained_over(tmp_path):
     with pytest.raises(ConfigError, match="already holds a finished run"):
         parse_config((SFTConfig,), ["--output_dir", str(tmp_path)])
     assert (tmp_path / "report.json").read_text() == "{}"
+
+
+def test_lora_on_the_last_layers_only_trains_them_and_stops_backprop_below(tmp_path):
+    model_args = ModelArguments(model_name_or_path=TINY_TEXT_ALIAS, lora_r=8, lora_alpha=16, lora_last_layers=1)
+    model = load_causal_lm(model_args)
+    layers = model.config.num_hidden_layers
+    assert layers >= 2
+    trainer = build_sft_trainer(model, load_tokenizer(TINY_TEXT_ALIAS), _args(tmp_path), _dataset(),
+                                peft_config=peft_config(model_args, model))
+    adapted = {n.split(".layers.")[1].split(".")[0] for n, _ in trainer.model.named_parameters() if "lora_" in n}
+    assert adapted == {str(layers - 1)}
+    # every linear module of the top layer is adapted, as with all-linear over every layer
+    everywhere = load_causal_lm(ModelArguments(model_name_or_path=TINY_TEXT_ALIAS))
+    full = peft_config(ModelArguments(model_name_or_path=TINY_TEXT_ALIAS), everywhere)
+    assert full.layers_to_transform is None and full.target_modules == "all-linear"
+    from peft import get_peft_model
+    per_layer = {n.split(f".layers.{layers - 1}.")[1] for n, _ in get_peft_model(everywhere, full).named_parameters()
+                 if f".layers.{layers - 1}." in n and "lora_" in n}
+    assert per_layer == {n.split(f".layers.{layers - 1}.")[1] for n, _ in trainer.model.named_parameters()
+                         if f".layers.{layers - 1}." in n and "lora_" in n}
+    reached = []
+    first = trainer.model.get_base_model().model.layers[0]
+    first.register_full_backward_hook(lambda *a: reached.append(1))
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_B" in n}
+    stats = train_and_measure(trainer)
+    assert all(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters() if n in before)
+    assert stats["final_train_loss"] < stats["first_train_loss"]
+    assert not reached  # back-propagation never ran through the frozen layer below
+
+
+@pytest.mark.parametrize("kw, message", [(dict(lora_last_layers=0), "lora_last_layers=0"),
+                                         (dict(lora_last_layers=99), "transformer layers"),
+                                         (dict(lora_last_layers=1, lora_target_modules=[".*proj"]), "pattern")])
+def test_lora_last_layers_rejects_what_it_cannot_apply(kw, message):
+    model_args = ModelArguments(model_name_or_path=TINY_TEXT_ALIAS, **kw)
+    with pytest.raises(ConfigError, match=message):
+        peft_config(model_args, load_causal_lm(model_args))

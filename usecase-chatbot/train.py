@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from datasets import concatenate_datasets
-from trl import SFTConfig, get_peft_config
+from trl import SFTConfig
 
-from common.config import ModelArguments, parse_config, to_dict
+from common.config import ModelArguments, parse_config, peft_config, to_dict
 from common.data import load_dataset_validated, messages_to_prompt_completion, write_jsonl_splits
 from common.errors import run_main
 from common.export import merge_and_export
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
     clock.lap("replay_answers")
 
     # 3. LoRA fine-tuning (resumes from the last checkpoint in output_dir if one exists)
-    trainer = build_sft_trainer(model, tokenizer, training_args, train_ds, valid_ds, get_peft_config(model_args),
+    trainer = build_sft_trainer(model, tokenizer, training_args, train_ds, valid_ds, peft_config(model_args, model),
                                 early_stopping_patience=args.early_stopping_patience, replay_kl_weight=kl_weight)
     train_stats = train_and_measure(trainer)
     clock.lap("training")

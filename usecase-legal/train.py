@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from datasets import Dataset
-from trl import SFTConfig, get_peft_config
+from trl import SFTConfig
 
-from common.config import ModelArguments, parse_config, to_dict
+from common.config import ModelArguments, parse_config, peft_config, to_dict
 from common.data import write_jsonl_splits
 from common.errors import ConfigError, run_main
 from common.export import merge_and_export
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
     clock.lap("base_evaluation")
 
     # 3. LoRA fine-tuning on prompt/completion rows: the loss is on the summary (+ end-of-turn) only
-    trainer = build_sft_trainer(model, tokenizer, training_args, train_ds, valid_ds, get_peft_config(model_args),
+    trainer = build_sft_trainer(model, tokenizer, training_args, train_ds, valid_ds, peft_config(model_args, model),
                                 early_stopping_patience=args.early_stopping_patience)
     train_stats = train_and_measure(trainer)
     clock.lap("training")

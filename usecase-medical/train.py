@@ -22,9 +22,9 @@ from pathlib import Path
 
 from datasets import Dataset
 from peft import PeftModel
-from trl import SFTConfig, get_peft_config
+from trl import SFTConfig
 
-from common.config import ModelArguments, parse_config, to_dict
+from common.config import ModelArguments, parse_config, peft_config, to_dict
 from common.data import write_jsonl_splits
 from common.errors import ConfigError, run_main
 from common.export import merge_and_export
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         if args.stage == "dpo":
             raise ConfigError(f"--stage dpo needs a finished SFT stage in {sft_dir}: run --stage sft first")
         sft_args = dataclasses.replace(training_args, output_dir=str(sft_dir))
-        trainer = build_sft_trainer(model, tokenizer, sft_args, sft_train, sft_valid, get_peft_config(model_args),
+        trainer = build_sft_trainer(model, tokenizer, sft_args, sft_train, sft_valid, peft_config(model_args, model),
                                     early_stopping_patience=args.early_stopping_patience)
         sft_stats = _stage_stats(sft_dir, {**train_and_measure(trainer), "rows": len(sft_train)})
         trainer.save_model(str(sft_dir))
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                                max_length=training_args.max_length, loss_type=args.dpo_loss_type or ["sigmoid"],
                                loss_weights=args.dpo_loss_weights)
     trainer = build_dpo_trainer(sft_model, tokenizer, dpo_args, pairs("train"), pairs("valid"),
-                                get_peft_config(model_args), early_stopping_patience=args.early_stopping_patience)
+                                peft_config(model_args, sft_model), early_stopping_patience=args.early_stopping_patience)
     dpo_stats = {**train_and_measure(trainer), "pairs": len(splits["train"])}
     clock.lap("training")
 
