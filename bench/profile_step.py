@@ -30,12 +30,11 @@ GROUPS = {"matmul": ("aten::mm", "aten::addmm", "aten::bmm"),
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from peft import LoraConfig
     from torch.profiler import ProfilerActivity, profile
-    from trainers import LINEAR, _cpu, _text_rows, write_report
+    from trainers import _cpu, _text_rows, write_report
     from trl import SFTConfig
 
-    from common.config import ModelArguments
+    from common.config import ModelArguments, peft_config
     from common.hardware import precision_defaults
     from common.models import load_causal_lm, load_tokenizer
     from common.train import build_sft_trainer
@@ -47,13 +46,14 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     batch = 8
-    layers = None if args.lora_layers is None else list(range(30 - args.lora_layers, 30))
-    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, task_type="CAUSAL_LM", layers_to_transform=layers,
-                      target_modules="all-linear" if layers is None else LINEAR)
     config = SFTConfig(output_dir=str(REPO / "runs" / "bench" / "profile"), per_device_train_batch_size=batch,
                        max_length=256, report_to=[], save_strategy="no", seed=0, data_seed=0, disable_tqdm=True,
                        activation_checkpointing=False, **precision_defaults())
-    model = load_causal_lm(ModelArguments(model_name_or_path="smollm2-135m-instruct"))
+    model_args = ModelArguments(model_name_or_path="smollm2-135m-instruct", lora_r=16, lora_alpha=32,
+                                lora_dropout=0.0, lora_last_layers=args.lora_layers)
+    model = load_causal_lm(model_args)
+    lora = peft_config(model_args, model)
+    layers = lora.layers_to_transform
     trainer = build_sft_trainer(model, load_tokenizer("smollm2-135m-instruct"), config,
                                 _text_rows(batch * (args.steps + 2)), peft_config=lora)
     batches = list(trainer.get_train_dataloader())[: args.steps + 2]
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
               for group, names in GROUPS.items()}
     profiled = batches[2:]
     report = {"cpu": _cpu(), "torch": torch.__version__, "precision": "bf16" if config.bf16 else "fp32",
-              "lora_layers": "all" if layers is None else f"{layers[0]}-29", "steps": len(profiled),
+              "lora_layers": "all" if layers is None else f"{layers[0]}-{layers[-1]}", "steps": len(profiled),
               "seconds_per_step": round(total / 1e6 / len(profiled), 2), "share_of_time": shares,
               "ceiling_if_only_matmuls_remained": round(1 / shares["matmul"], 2),
               "tokens": {"real": sum(int(b["attention_mask"].sum()) for b in profiled),

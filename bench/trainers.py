@@ -53,7 +53,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 TEXT_CASES = ("trl_default", "trl_fp32", "cookbook", "cookbook_dropout0", "cookbook_compiled", "cookbook_top_layers")
 VISION_CASES = ("plain_vision", "cookbook_vision")
-LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]  # = all-linear, by name
 WARMUP_STEPS = {"cookbook_compiled": 3}  # beyond the first step: recompilations for new sequence lengths
 
 
@@ -97,16 +96,14 @@ def run_text(case: str, steps: int, batch: int = 8, lora_layers: int = 15) -> di
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
-    from common.config import ModelArguments
+    from common.config import ModelArguments, peft_config
     from common.hardware import precision_defaults
     from common.models import load_causal_lm, load_tokenizer
     from common.train import build_sft_trainer
 
     rows = _text_rows(batch * (steps + 1))
-    first = 30 - lora_layers if case == "cookbook_top_layers" else None  # SmolLM2-135M has 30 layers
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05 if case in ("trl_default", "trl_fp32", "cookbook") else 0.0,
-                      target_modules=LINEAR if first is not None else "all-linear", task_type="CAUSAL_LM",
-                      layers_to_transform=None if first is None else list(range(first, 30)))
+                      target_modules="all-linear", task_type="CAUSAL_LM")
     common = dict(output_dir=str(REPO / "runs" / "bench" / case), per_device_train_batch_size=batch,
                   learning_rate=1e-3, max_steps=steps + 1, logging_steps=1, save_strategy="no", report_to=[],
                   max_length=256, seed=0, data_seed=0, disable_tqdm=True)
@@ -121,7 +118,11 @@ def run_text(case: str, steps: int, batch: int = 8, lora_layers: int = 15) -> di
     tokenizer = load_tokenizer("smollm2-135m-instruct")
     timer = _step_timer()
     if case.startswith("cookbook"):
-        model = load_causal_lm(ModelArguments(model_name_or_path="smollm2-135m-instruct"))
+        model_args = ModelArguments(model_name_or_path="smollm2-135m-instruct", lora_r=16, lora_alpha=32,
+                                    lora_dropout=lora.lora_dropout,
+                                    lora_last_layers=lora_layers if case == "cookbook_top_layers" else None)
+        model = load_causal_lm(model_args)
+        lora = peft_config(model_args, model)  # = `lora` above, or the recipes' top-layers config
         trainer = build_sft_trainer(model, tokenizer, args, rows, peft_config=lora)
     else:  # plain TRL: the model path as a user would pass it, loaded by TRL itself
         from common.models import prepare_embedded
@@ -135,6 +136,7 @@ def run_text(case: str, steps: int, batch: int = 8, lora_layers: int = 15) -> di
     if model.config.tie_word_embeddings:  # the LM head is the input embedding, used as a matmul
         n_matmul += model.get_input_embeddings().weight.numel()
     n_backward = n_matmul  # matmul parameters the activation gradients pass through
+    first = lora.layers_to_transform[0] if lora.layers_to_transform else None
     if first is not None:
         n_backward -= sum(p.numel() for n, p in model.named_parameters()
                           if "lora_" not in n and any(f"layers.{i}." in n for i in range(first)))
@@ -148,7 +150,7 @@ def run_text(case: str, steps: int, batch: int = 8, lora_layers: int = 15) -> di
             "tokens_per_step": round(tokens / (len(timer.times) - skip), 1), "precision": precision,
             "activation_checkpointing": bool(args.activation_checkpointing),
             "achieved_gflops": round(2 * (n_matmul + n_backward) * tokens_per_s / 1e9, 1),
-            "matmul_parameters": n_matmul, "lora_layers": "all" if first is None else f"{first}-29"}
+            "matmul_parameters": n_matmul, "lora_layers": "all" if first is None else f"{first}-{lora.layers_to_transform[-1]}"}
 
 
 def _vision_data(n: int):

@@ -4,6 +4,7 @@
 import pytest
 import torch
 from datasets import Dataset, concatenate_datasets
+from peft import get_peft_model
 from transformers import TrainerCallback
 from trl import SFTConfig, get_peft_config
 
@@ -339,7 +340,6 @@ def test_lora_on_the_last_layers_only_trains_them_and_stops_backprop_below(tmp_p
     everywhere = load_causal_lm(ModelArguments(model_name_or_path=TINY_TEXT_ALIAS))
     full = peft_config(ModelArguments(model_name_or_path=TINY_TEXT_ALIAS), everywhere)
     assert full.layers_to_transform is None and full.target_modules == "all-linear"
-    from peft import get_peft_model
     per_layer = {n.split(f".layers.{layers - 1}.")[1] for n, _ in get_peft_model(everywhere, full).named_parameters()
                  if f".layers.{layers - 1}." in n and "lora_" in n}
     assert per_layer == {n.split(f".layers.{layers - 1}.")[1] for n, _ in trainer.model.named_parameters()
