@@ -160,6 +160,32 @@ def test_fact_check_redraws_only_failing_summaries_and_keeps_the_best(monkeypatc
     assert scoring.summarize(None, None, clauses, Namespace(**{**vars(args), "fact_check_samples": 0}))[0] == greedy
 
 
+def test_validation_clauses_are_left_out_when_not_scored(monkeypatch):
+    """score_validation False: the validation clauses are never summarized and the report has no validation block."""
+    from argparse import Namespace
+
+    scoring = load_sibling(RECIPE / "train.py", "scoring")
+    splits = prepare.build_splits(_args(max_eval_rows=2), seed=0)
+    splits["handwritten"] = []
+    asked = []
+
+    def fake_generate(model, tok, prompts, *args, **kwargs):
+        asked.extend(p[-1]["content"] for p in prompts)
+        return ["A summary." for _ in prompts]
+
+    monkeypatch.setattr(scoring, "generate_chat", fake_generate)
+    args = Namespace(system_prompt="s", max_new_tokens=8, eval_batch_size=4, fact_check_samples=0,
+                     score_validation=False)
+    result = scoring.evaluate(None, None, splits, args, "base")
+    assert asked == [r["clause"] for r in splits["test"] + splits["style_shift"]]
+    assert result["valid"] == {} and result["test"]["fact_recall"] == 0.0
+    assert "metrics_validation" not in scoring.build_report(result, result, splits)
+    asked.clear()
+    both = scoring.evaluate(None, None, splits, Namespace(**{**vars(args), "score_validation": True}), "base")
+    assert set(asked) >= {r["clause"] for r in splits["valid"]} and both["valid"]
+    assert "metrics_validation" in scoring.build_report(both, both, splits)
+
+
 def test_score_reports_every_metric():
     rows = [{"clause": CLAUSE, "summary": "Beta LLC must pay Acme Corp USD 1,250 a month within 30 days.",
              "facts": ["Beta LLC", "Acme Corp", "USD 1,250", "30 days"]}]
@@ -178,8 +204,31 @@ def _args(**kw):
                 test_per_template=1, style_shift_file="usecase-legal/data/style_shift.jsonl",
                 handwritten_file="usecase-legal/data/handwritten.jsonl", train_file=None, validation_file=None,
                 test_file=None, clause_field="clause", summary_field="summary", facts_field="facts",
-                max_eval_rows=None)
+                max_eval_rows=None, max_valid_rows=None, test_templates="held_out")
     return SimpleNamespace(**{**base, **kw})
+
+
+def test_eval_caps_cut_validation_apart_from_test():
+    full = prepare.build_splits(_args(), seed=0)
+    capped = prepare.build_splits(_args(max_eval_rows=5, max_valid_rows=3), seed=0)
+    assert capped["valid"] == full["valid"][:3] and capped["test"] == full["test"][:5]
+    assert capped["style_shift"] == full["style_shift"][:5] and capped["train"] == full["train"]
+    assert len(prepare.build_splits(_args(max_eval_rows=4), seed=0)["valid"]) == 4  # falls back to max_eval_rows
+
+
+def test_test_clauses_in_training_wordings_are_new_clauses():
+    held_out = prepare.build_splits(_args(), seed=0)
+    known = prepare.build_splits(_args(test_templates="training"), seed=0)
+    assert known["train"] == held_out["train"] and known["valid"] == held_out["valid"]
+    train_sources = {r["source"] for r in known["train"]}
+    assert {r["source"] for r in known["test"]} <= train_sources  # the training wordings...
+    assert not {r["clause"] for r in known["test"]} & {r["clause"] for r in known["train"]}  # ...new clauses
+    assert len(known["test"]) == len(known["train"]) // 2
+    clauses = [r["clause"].lower() for r in known["test"]]
+    assert not any(name.lower() in c for c in clauses for name in prepare.NAMES["train"])  # held-out parties
+    assert all(any(name.lower() in c for name in prepare.NAMES["held_out"]) for c in clauses)
+    with pytest.raises(DataError, match="test_templates"):
+        prepare.build_splits(_args(test_templates="seen"), seed=0)
 
 
 def test_generated_data_is_deterministic_varied_and_held_out():

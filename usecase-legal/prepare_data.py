@@ -167,17 +167,22 @@ def key_facts(summary_template: str, slots: dict[str, str]) -> list[str]:
     return list(dict.fromkeys(picked))
 
 
-def generate(templates: dict, split: str, per_template: int, seed: int) -> list[dict]:
-    """``per_template`` clauses from every template of ``split`` (deterministic for a seed)."""
+def generate(templates: dict, split: str, per_template: int, seed: int, wordings: str | None = None) -> list[dict]:
+    """``per_template`` clauses from every template of ``split`` (deterministic for a seed).
+
+    ``wordings``: take the templates of that split instead (e.g. ``"train"``: new clauses -- the party names,
+    amounts and dates of ``split`` -- in the training wordings).
+    """
     rng = random.Random(f"{seed}-{split}")
+    wordings = wordings or split
     rows = []
     for kind, splits in templates.items():
-        for j, t in enumerate(splits[split]):
+        for j, t in enumerate(splits[wordings]):
             for _ in range(per_template):
                 slots = fill_slots(rng, split)
                 summary = t["summary"].format(**slots)
                 rows.append({"clause": " ".join(t["clause"].format(**slots).split()), "summary": summary,
-                             "facts": key_facts(t["summary"], slots), "type": kind, "source": f"{kind}.{split}[{j}]"})
+                             "facts": key_facts(t["summary"], slots), "type": kind, "source": f"{kind}.{wordings}[{j}]"})
     rng.shuffle(rows)
     return rows
 
@@ -263,11 +268,18 @@ def build_splits(args, seed: int = 0) -> dict[str, list[dict]]:
         splits = {split: check_rows(generate(templates, split, n, seed), f"{args.templates_file} ({split})")
                   for split, n in (("train", args.train_per_template), ("valid", args.valid_per_template),
                                    ("test", args.test_per_template))}
+        if args.test_templates == "training":  # new clauses in known wordings: does learning happen at all?
+            splits["test"] = check_rows(generate(templates, "test", args.test_per_template, seed, wordings="train"),
+                                        f"{args.templates_file} (test, training wordings)")
+        elif args.test_templates != "held_out":
+            raise DataError(f"test_templates must be 'held_out' or 'training', got {args.test_templates!r}")
     for name, file in (("style_shift", args.style_shift_file), ("handwritten", args.handwritten_file)):
         splits[name] = check_rows([r for _, r in read_jsonl(repo_path(file))], file) if file else []
-    if args.max_eval_rows:
-        for name in ("valid", "test", "style_shift"):
-            splits[name] = splits[name][:args.max_eval_rows]
+    caps = {"valid": args.max_valid_rows or args.max_eval_rows, "test": args.max_eval_rows,
+            "style_shift": args.max_eval_rows}
+    for name, cap in caps.items():
+        if cap:
+            splits[name] = splits[name][:cap]
     if not splits["train"]:
         raise DataError("no training rows left after holding out validation and test rows")
     return splits
@@ -279,8 +291,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--templates_file", default="usecase-legal/data/templates.yaml")
     parser.add_argument("--style_shift_file", default="usecase-legal/data/style_shift.jsonl")
     parser.add_argument("--handwritten_file", default="usecase-legal/data/handwritten.jsonl")
-    for name in ("train_file", "validation_file", "test_file", "max_eval_rows"):
-        parser.add_argument(f"--{name}", default=None, type=int if name == "max_eval_rows" else str)
+    for name in ("train_file", "validation_file", "test_file"):
+        parser.add_argument(f"--{name}", default=None)
+    for name in ("max_eval_rows", "max_valid_rows"):
+        parser.add_argument(f"--{name}", default=None, type=int)
+    parser.add_argument("--test_templates", default="held_out", choices=["held_out", "training"])
     for name, value in (("clause_field", "clause"), ("summary_field", "summary"), ("facts_field", "facts")):
         parser.add_argument(f"--{name}", default=value)
     for name, value in (("train_per_template", 9), ("valid_per_template", 2), ("test_per_template", 3)):

@@ -85,12 +85,14 @@ def check_score(summary: str, clause: str) -> int:
 def evaluate(model, tokenizer, splits: dict, args, tag: str) -> dict:
     """Summarize every held-out clause once; returns ``{"test", "valid", "handwritten": metrics, "summaries"}``.
 
+    ``args.score_validation`` False leaves the validation clauses out (their metrics and summaries empty).
+
     Metrics are of the checked summaries (what predict.py prints); ``*_greedy`` beside them are of the greedy
     ones before the fact check, and ``fact_check_redrawn`` is the share of clauses the check re-drew.
     """
     summaries, metrics = {}, {}
     for name in ("test", "style_shift", "valid", "handwritten"):
-        rows = splits[name]
+        rows = splits[name] if name != "valid" or args.score_validation else []
         if not rows:
             summaries[name], metrics[name] = [], {}
             continue
@@ -131,7 +133,7 @@ def build_report(base: dict, tuned: dict, splits: dict, **fields) -> dict:
         "usecase": "legal",
         "primary_metric": "fact_recall",
         "metrics": {"before": base["test"], "after": tuned["test"]},
-        "metrics_validation": {"before": base["valid"], "after": tuned["valid"]},
+        **({"metrics_validation": {"before": base["valid"], "after": tuned["valid"]}} if tuned["valid"] else {}),
         "scoring": "fact_recall: mean share of a clause's key facts kept in its summary (numbers, dates, amounts "
                    "normalized); invented_rate: share of summaries with any fact not in the clause",
         "handwritten": [{"type": r["type"], "facts": r["facts"], "summary": s,

@@ -41,6 +41,9 @@ class LegalArguments:
     train_per_template: int = 9  # clauses generated from each training template (config.yaml: chosen on validation)
     valid_per_template: int = 2
     test_per_template: int = 3
+    # "held_out": test clauses in wordings no other split uses; "training": new clauses (held-out parties, amounts,
+    # dates) in the training wordings -- the CI tier's check that a short run learns at all (README "Tests")
+    test_templates: str = "held_out"
     style_shift_file: str | None = "usecase-legal/data/style_shift.jsonl"  # hand-written test clauses
     handwritten_file: str | None = "usecase-legal/data/handwritten.jsonl"  # lease, employment, licence
     train_file: str | None = None  # your JSONL/CSV (or hub dataset id): replaces the generated clauses
@@ -50,6 +53,8 @@ class LegalArguments:
     summary_field: str = "summary"
     facts_field: str = "facts"
     max_eval_rows: int | None = None  # cap on validation / test / style-shift rows (reduced runs)
+    max_valid_rows: int | None = None  # cap on validation rows alone (default: max_eval_rows)
+    score_validation: bool = True  # summarize and score the validation clauses too (false: eval loss only)
     system_prompt: str = scoring.DEFAULT_SYSTEM
     max_new_tokens: int = 112
     eval_batch_size: int = 16
