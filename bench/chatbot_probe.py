@@ -1,0 +1,112 @@
+"""Does the fine-tuned chatbot *know* when its docs do not answer a question? A linear probe on its hidden states.
+
+    python bench/chatbot_probe.py --model_dir runs/chatbot          # ~2 min on 2 cores
+
+The question (as the model sees it, with the chat template) is run through the trained model once; each layer's
+hidden states are averaged over the prompt's tokens, and a logistic regression per layer separates the answerable
+training phrasings (``MODEL_DIR/data/train.jsonl``) from the training questions the docs do not answer
+(``usecase-chatbot/data/unanswerable.yaml``, ``train``). The layer is the one with the lowest validation log-loss,
+and the decision threshold the one that declines the most unanswerable validation questions while declining at most
+``--max_false_abstention`` of the answerable ones -- the same budget the recipe's abstention gate is held to. Only
+then is the test split scored: the probe alone, and the probe together with the run's own gate (an answer in
+``MODEL_DIR/predictions.jsonl`` that the gate already declined stays declined). The same mechanism as the medical
+recipe's triage check (``usecase-medical/triage.py``, whose feature code this reuses). A measurement, not part of the
+recipe. Writes ``runs/bench/chatbot_probe.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def _read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _rates(declined: list[bool], unanswerable: list[bool]) -> dict:
+    pos = [d for d, u in zip(declined, unanswerable) if u]
+    neg = [d for d, u in zip(declined, unanswerable) if not u]
+    return {"abstention_rate": round(sum(pos) / len(pos), 4), "false_abstention_rate": round(sum(neg) / len(neg), 4),
+            "declined_unanswerable": f"{sum(pos)} of {len(pos)}", "declined_answerable": f"{sum(neg)} of {len(neg)}"}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    import numpy as np
+    import yaml
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss
+    from trainers import _cpu, write_report
+
+    from common.models import load_for_inference
+    from common.paths import load_sibling
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model_dir", required=True, help="a folder that usecase-chatbot/train.py wrote")
+    parser.add_argument("--max_false_abstention", type=float, default=0.05)
+    parser.add_argument("--c", type=float, default=1.0, help="inverse L2 strength of the logistic regression")
+    parser.add_argument("--out", default="runs/bench/chatbot_probe.json")
+    args = parser.parse_args(argv)
+
+    triage = load_sibling(REPO / "usecase-medical" / "train.py", "triage")
+    scoring = load_sibling(REPO / "usecase-chatbot" / "train.py", "scoring")
+    data = Path(args.model_dir) / "data"
+    system = _read(data / "train.jsonl")[0]["messages"][0]["content"]
+    unanswerable = yaml.safe_load((REPO / "usecase-chatbot" / "data" / "unanswerable.yaml").read_text())
+
+    def prompt(question: str) -> list[dict]:
+        return [{"role": "system", "content": system}, {"role": "user", "content": question}]
+
+    def questions(rows: list[dict]) -> list[str]:
+        return [r["messages"][1]["content"] for r in rows]
+
+    splits = {"train": (questions(_read(data / "train.jsonl")), list(unanswerable["train"])),
+              "valid": (questions(_read(data / "valid.jsonl")), questions(_read(data / "decline_valid.jsonl"))),
+              "test": (questions(_read(data / "test.jsonl")), questions(_read(data / "decline_test.jsonl")))}
+    model, tokenizer, _ = load_for_inference(args.model_dir)
+    x, y = {}, {}
+    for name, (answerable, declines) in splits.items():
+        x[name] = triage.prompt_features(model, tokenizer, [prompt(q) for q in answerable + declines]).numpy()
+        y[name] = np.array([False] * len(answerable) + [True] * len(declines))
+        print(f"{name}: {len(answerable)} answerable, {len(declines)} unanswerable", flush=True)
+
+    losses, probes = [], []
+    for layer in range(x["train"].shape[0]):
+        probe = LogisticRegression(C=args.c, max_iter=5000, class_weight="balanced").fit(x["train"][layer], y["train"])
+        losses.append(log_loss(y["valid"], probe.predict_proba(x["valid"][layer])[:, 1], labels=[False, True]))
+        probes.append(probe)
+    layer = min(range(len(losses)), key=losses.__getitem__)
+    p = {name: probes[layer].predict_proba(x[name][layer])[:, 1] for name in splits}
+
+    # threshold on validation only: the most unanswerable questions declined within the false-abstention budget
+    answerable_valid = np.sort(p["valid"][~y["valid"]])[::-1]
+    allowed = int(args.max_false_abstention * len(answerable_valid))  # how many answerable ones may be declined
+    threshold = float(answerable_valid[allowed]) + 1e-6 if allowed < len(answerable_valid) else 0.0
+    probe_says = {name: (p[name] >= threshold).tolist() for name in splits}
+
+    report = {"cpu": _cpu(), "model_dir": args.model_dir, "layer": layer, "threshold": round(threshold, 4),
+              "validation_log_loss_by_layer": [round(v, 4) for v in losses],
+              "questions": {name: {"answerable": len(a), "unanswerable": len(d)} for name, (a, d) in splits.items()},
+              "probe": {name: _rates(probe_says[name], y[name].tolist()) for name in ("valid", "test")}}
+    predictions = Path(args.model_dir) / "predictions.jsonl"
+    if predictions.exists():  # the run's gated answers: test questions the default gate already declines
+        gated = {r["question"]: scoring.is_decline(r["fine_tuned"]) for r in _read(predictions)}
+        test_questions = splits["test"][0] + splits["test"][1]
+        if all(q in gated for q in test_questions):
+            gate = [gated[q] for q in test_questions]
+            report["gate"] = {"test": _rates(gate, y["test"].tolist())}
+            report["probe_or_gate"] = {"test": _rates([a or b for a, b in zip(gate, probe_says["test"])],
+                                                      y["test"].tolist())}
+    report["summary"] = {key: report[key] for key in ("layer", "threshold", "probe", "gate", "probe_or_gate")
+                         if key in report}
+    return write_report(report, args.out, "summary")
+
+
+if __name__ == "__main__":
+    main()
