@@ -1,6 +1,6 @@
 """Does the fine-tuned chatbot *know* when its docs do not answer a question? A linear probe on its hidden states.
 
-    python bench/chatbot_probe.py --model_dir runs/chatbot          # ~2 min on 2 cores
+    python bench/chatbot_probe.py --model_dir runs/chatbot
 
 The question (as the model sees it, with the chat template) is run through the trained model once; each layer's
 hidden states are averaged over the prompt's tokens, and a logistic regression per layer separates the answerable
@@ -8,10 +8,9 @@ training phrasings (``MODEL_DIR/data/train.jsonl``) from the training questions 
 (``usecase-chatbot/data/unanswerable.yaml``, ``train``). The layer is the one with the lowest validation log-loss,
 and the decision threshold the one that declines the most unanswerable validation questions while declining at most
 ``--max_false_abstention`` of the answerable ones -- the same budget the recipe's abstention gate is held to. Only
-then is the test split scored: the probe alone, and the probe together with the run's own gate (an answer in
-``MODEL_DIR/predictions.jsonl`` that the gate already declined stays declined). The same mechanism as the medical
-recipe's triage check (``usecase-medical/triage.py``, whose feature code this reuses). A measurement, not part of the
-recipe. Writes ``runs/bench/chatbot_probe.json``.
+then is the test split scored, beside the run's own abstention gate (``MODEL_DIR/report.json``). The same
+mechanism as the medical recipe's triage check (``usecase-medical/triage.py``, whose feature code this reuses).
+A measurement, not part of the recipe. Writes ``runs/bench/chatbot_probe.json``.
 """
 
 from __future__ import annotations
@@ -55,7 +54,6 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     triage = load_sibling(REPO / "usecase-medical" / "train.py", "triage")
-    scoring = load_sibling(REPO / "usecase-chatbot" / "train.py", "scoring")
     data = Path(args.model_dir) / "data"
     system = _read(data / "train.jsonl")[0]["messages"][0]["content"]
     unanswerable = yaml.safe_load((REPO / "usecase-chatbot" / "data" / "unanswerable.yaml").read_text())
@@ -94,17 +92,11 @@ def main(argv: list[str] | None = None) -> dict:
               "validation_log_loss_by_layer": [round(v, 4) for v in losses],
               "questions": {name: {"answerable": len(a), "unanswerable": len(d)} for name, (a, d) in splits.items()},
               "probe": {name: _rates(probe_says[name], y[name].tolist()) for name in ("valid", "test")}}
-    predictions = Path(args.model_dir) / "predictions.jsonl"
-    if predictions.exists():  # the run's gated answers: test questions the default gate already declines
-        gated = {r["question"]: scoring.is_decline(r["fine_tuned"]) for r in _read(predictions)}
-        test_questions = splits["test"][0] + splits["test"][1]
-        if all(q in gated for q in test_questions):
-            gate = [gated[q] for q in test_questions]
-            report["gate"] = {"test": _rates(gate, y["test"].tolist())}
-            report["probe_or_gate"] = {"test": _rates([a or b for a, b in zip(gate, probe_says["test"])],
-                                                      y["test"].tolist())}
-    report["summary"] = {key: report[key] for key in ("layer", "threshold", "probe", "gate", "probe_or_gate")
-                         if key in report}
+    run = json.loads((Path(args.model_dir) / "report.json").read_text())  # the run's own gate, for comparison
+    report["gate"] = {split: {key: metrics["after"].get(key) for key in ("abstention_rate", "false_abstention_rate")}
+                      for split, metrics in (("valid", run.get("metrics_validation", {"after": {}})),
+                                             ("test", run["metrics"]))}
+    report["summary"] = {key: report[key] for key in ("layer", "threshold", "probe", "gate")}
     return write_report(report, args.out, "summary")
 
 

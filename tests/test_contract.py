@@ -48,6 +48,13 @@ def test_usecase_declares_a_real_model_ci_tier(folder):
     assert (folder / tier["config"]).exists(), f"{folder.name}/ci.yaml names a missing config"
     assert 0 < tier["max_minutes"] <= 5, "a CI tier must fit in 5 minutes on 2 cores"
     assert tier["min_gain"] > 0, "a CI tier must assert a real gain over the base model"
+    committed = json.loads((folder / "results" / "report.json").read_text())
+    for key in tier.get("floors") or {}:  # a misspelt floor would only fail in the CI tier, minutes later
+        value = committed
+        for part in key.split("."):
+            assert isinstance(value, dict) and part in value, f"{folder.name}/ci.yaml floor {key}: no such report key"
+            value = value[part]
+        assert isinstance(value, (int, float)), f"{folder.name}/ci.yaml floor {key} is not a number in the report"
     config = yaml.safe_load((folder / tier["config"]).read_text())
     assert "tiny-random" not in str(config.get("model_name_or_path", "")), "the CI tier uses the real model"
 
