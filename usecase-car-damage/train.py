@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from transformers import TrainerState, TrainingArguments
+from transformers import TrainerState, TrainingArguments, set_seed
 
 from common import vision
 from common.config import parse_config, to_dict
@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
         (prepare_data.CarDataArguments, prepare_data.GenerationArguments, vision.VisionModelArguments,
          estimate.MultiTaskArguments, TrainingArguments), argv, default_config=HERE / "config.yaml")
     vision.check_args(data_args, model_args, args)  # ranges and choices, before any data or model work
+    set_seed(args.seed)  # before any model or head is built: the default torch seed differs per process
     out, clock = Path(args.output_dir), Stopwatch()
 
     # 2. Data: the cost table (label sets + prices), then every photo opened and every label checked BEFORE
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"heads {present}; images " + ", ".join(f"{k}={len(v)}" for k, v in splits.items()))
     backbone, norm = vision.load_backbone(model_args.model_name_or_path, 0)  # num_classes=0: pooled features
     tasks = estimate.build_tasks(table, present, splits["train"], mt_args)
-    model = mt.MultiTaskModel(backbone, tasks, dropout=mt_args.head_dropout)
+    model = mt.MultiTaskModel(backbone, tasks, dropout=mt_args.head_dropout, freeze_norm_stats=model_args.freeze_norm_stats)
     size = data_args.image_size
     tf = {train: prepare_data.build_transforms(size, norm["mean"], norm["std"], train, data_args.augment)
           for train in (True, False)}

@@ -15,7 +15,7 @@ import json
 import time
 from pathlib import Path
 
-from transformers import TrainerState, TrainingArguments
+from transformers import TrainerState, TrainingArguments, set_seed
 
 from common import vision
 from common.config import parse_config, to_dict
@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
          TrainingArguments),
         argv, default_config=HERE / "config.yaml")
     vision.check_args(data_args, model_args, args)  # ranges and choices, before any data or model work
+    set_seed(args.seed)  # before any model or head is built: the default torch seed differs per process
     out, clock = Path(args.output_dir), Stopwatch()  # clock: wall time per phase, in the report
 
     # 2. Data: generate (only the recipe's own synthetic set), or take yours; then open every image and check
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
         train = {"seconds": probe_seconds, "images": model_args.probe_epochs * len(probe_ds),
                  "img_per_s": len(probe_ds) / probe_seconds}
     else:
-        trainer = vision.build_trainer(vision.ImageClassifier(model), args, train_ds, val_ds,
+        trainer = vision.build_trainer(vision.ImageClassifier(model, model_args.freeze_norm_stats), args, train_ds, val_ds,
                                        model_args.early_stopping_patience)
         # resumes from --resume_from_checkpoint, else from the newest checkpoint in output_dir (a killed run)
         resume = resume_checkpoint(args)

@@ -56,6 +56,8 @@ class VisionModelArguments:
         "help": "Also train BatchNorm scales/shifts (a few thousand parameters; helps on a new domain)."})
     probe_epochs: int = field(default=60, metadata={"help": "Linear-probe (baseline) epochs on cached features."})
     probe_learning_rate: float = field(default=3e-3, metadata={"help": "Linear-probe learning rate."})
+    freeze_norm_stats: bool = field(default=False, metadata={
+        "help": "BatchNorm keeps its running (ImageNet) statistics while fine-tuning; scales/shifts still train."})
     init_head_from_probe: bool = field(default=True, metadata={
         "help": "Start fine-tuning from the probe's classifier (LP-FT: keeps early gradients sane)."})
     early_stopping_patience: int = field(default=3, metadata={"help": "Evaluations without improvement; 0 = off."})

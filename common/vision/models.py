@@ -165,12 +165,31 @@ def logits_and_loss(logits: torch.Tensor, labels: torch.Tensor | None) -> dict:
     return out
 
 
-class ImageClassifier(nn.Module):
-    """Trainer-facing wrapper: ``forward(pixel_values, labels)`` -> ``{"loss", "logits"}``."""
+def keep_norm_statistics(module: nn.Module) -> None:
+    """Put every BatchNorm layer of ``module`` back in eval mode: it normalizes with its running (ImageNet)
+    statistics and no longer updates them; its scale and shift still train. Called from ``train()``."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
 
-    def __init__(self, backbone: nn.Module) -> None:
+
+class ImageClassifier(nn.Module):
+    """Trainer-facing wrapper: ``forward(pixel_values, labels)`` -> ``{"loss", "logits"}``.
+
+    ``freeze_norm_stats``: BatchNorm keeps its running statistics in training too (see
+    :func:`keep_norm_statistics`), so the fine-tuning starts from exactly the features the probe's head was fit on.
+    """
+
+    def __init__(self, backbone: nn.Module, freeze_norm_stats: bool = False) -> None:
         super().__init__()
         self.backbone = backbone
+        self.freeze_norm_stats = freeze_norm_stats
+
+    def train(self, mode: bool = True) -> ImageClassifier:
+        super().train(mode)
+        if mode and self.freeze_norm_stats:
+            keep_norm_statistics(self)
+        return self
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> dict:
         return logits_and_loss(self.backbone(pixel_values), labels)
