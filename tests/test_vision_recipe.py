@@ -103,9 +103,9 @@ def test_smoke_recipe_resumes_a_killed_run(tmp_path):
 def test_real_backbone_fine_tune_beats_the_linear_probe(tmp_path):
     """The main job: EfficientNet-Lite0 (embedded ImageNet weights) with the default config.yaml.
 
-    Measured with this config (results/report.json): macro-F1 0.772 -> 0.945, 443 s of training on a 2-core
-    AVX2-only EPYC (224 s on an AVX512-BF16 one for the previous config, BatchNorm statistics updating), heatmap
-    peak inside the defect box for 67% of correct defective test images (~9 min for the whole test).
+    Measured with this config (results/report.json): macro-F1 0.772 -> 0.936, 216 s of training on a 2-core
+    AVX2-only EPYC, heatmap peak inside the defect box for 72% of correct defective test images (~5 min for the
+    whole test).
     """
     train = _script("train")
     _generate(tmp_path / "data", "--num_train_per_class", "200", "--num_val_per_class", "30",
