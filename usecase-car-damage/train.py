@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"heads {present}; images " + ", ".join(f"{k}={len(v)}" for k, v in splits.items()))
     backbone, norm = vision.load_backbone(model_args.model_name_or_path, 0)  # num_classes=0: pooled features
     tasks = estimate.build_tasks(table, present, splits["train"], mt_args)
-    model = mt.MultiTaskModel(backbone, tasks, dropout=mt_args.head_dropout, freeze_norm_stats=model_args.freeze_norm_stats)
+    model = mt.MultiTaskModel(backbone, tasks, dropout=mt_args.head_dropout,
+                              freeze_norm_stats=model_args.freeze_norm_stats)
     size = data_args.image_size
     tf = {train: prepare_data.build_transforms(size, norm["mean"], norm["std"], train, data_args.augment)
           for train in (True, False)}

@@ -84,8 +84,8 @@ def main(argv: list[str] | None = None) -> dict:
         train = {"seconds": probe_seconds, "images": model_args.probe_epochs * len(probe_ds),
                  "img_per_s": len(probe_ds) / probe_seconds}
     else:
-        trainer = vision.build_trainer(vision.ImageClassifier(model, model_args.freeze_norm_stats), args, train_ds, val_ds,
-                                       model_args.early_stopping_patience)
+        classifier = vision.ImageClassifier(model, freeze_norm_stats=model_args.freeze_norm_stats)
+        trainer = vision.build_trainer(classifier, args, train_ds, val_ds, model_args.early_stopping_patience)
         # resumes from --resume_from_checkpoint, else from the newest checkpoint in output_dir (a killed run)
         resume = resume_checkpoint(args)
         start_epoch = TrainerState.load_from_json(str(Path(resume) / "trainer_state.json")).epoch if resume else 0.0
