@@ -6,7 +6,8 @@ Reads ``data/help_center.md`` (every statement tagged ``{#id}``) and ``data/ques
 about each statement) and writes three JSONL files of ``messages`` conversations:
 
 - ``train.jsonl``: every statement, asked in its training phrasings (data expansion: 4 phrasings each);
-- ``valid.jsonl``: one held-out phrasing per statement, for early stopping on eval loss;
+- ``valid.jsonl``: held-out phrasings per statement (two in ``questions.yaml``: one close to the training
+  wording, one as free as the test's), where settings are compared and early stopping reads the eval loss;
 - ``test.jsonl``:  two more held-out phrasings per statement, never trained on, with ``key_terms``.
 
 Facts vs phrasings: every fact is trained (a support bot must know all of its documentation); the held-out
