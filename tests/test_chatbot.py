@@ -113,8 +113,8 @@ def test_replay_prompts_never_repeat_an_evaluation_question(chatbot_train):
 def test_validation_phrasings_are_worded_as_freely_as_the_test(chatbot_train):
     """Settings are chosen on validation, so it must be as hard as the test: phrasings close to the training
     wording scored 80% where the test scored 52% (README, "How the defaults were chosen"). Measured here as the
-    share of phrasings with a content word that neither the docs nor the training phrasings use: the test's
-    share is 70%; the validation's must not fall far below it (one close phrasing per fact alone: 36%)."""
+    share of phrasings with a content word that neither the docs nor the training phrasings use: test 52%,
+    validation 56%; the first validation phrasing of each fact alone, the split before: 20%."""
     data = SCRIPT.parent / "data"
     splits = chatbot_train.prepare.build_splits(data / "help_center.md", data / "questions.yaml", "sys")
     known = chatbot_train.scoring.topic_words((data / "help_center.md").read_text())
@@ -126,7 +126,7 @@ def test_validation_phrasings_are_worded_as_freely_as_the_test(chatbot_train):
         return sum(bool(chatbot_train.scoring.topic_words(q) - known) for q in questions) / len(questions)
 
     assert len(splits["valid"]) == 2 * len({r["fact_id"] for r in splits["valid"]})  # two phrasings per fact
-    assert free_share("test") >= 0.6 and free_share("valid") >= 0.9 * free_share("test")
+    assert free_share("test") >= 0.4 and free_share("valid") >= 0.9 * free_share("test")
 
 # ------------------------------------------------------------------------------------------ abstention gate
 DOCS = "The Team plan costs $8 per member per month. The Slack integration posts to a channel. Live chat: 8:00 to 20:00."

