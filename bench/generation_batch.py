@@ -8,7 +8,7 @@ Each batch size answers the same 90 held-out questions (``usecase-chatbot`` test
 ``common.evaluation.generate_chat`` (greedy, stop at end of turn, at most ``--max_new_tokens``); the script reports
 the seconds (after one untimed warm-up) and how many answers are identical, word for word, to those of the first batch size.
 ``--sets`` instead answers every question set the recipe evaluates (the run's ``data/`` splits and the general sets)
-at the first batch size, once set by set and once in a single call, as ``scoring.evaluate`` does. Writes
+at the first batch size, once set by set (as ``scoring.evaluate`` does) and once in a single call. Writes
 ``runs/bench/generation_batch.json``.
 """
 
