@@ -2,13 +2,16 @@
 
     python bench/chatbot_gate.py --model_dir runs/chatbot                  # ~3 min on 2 cores
     python bench/chatbot_gate.py --model_dir runs/chatbot --samples 0 4 8 16
+    python bench/chatbot_gate.py --model_dir runs/chatbot --samples 8 --confidence min sum mean
 
 On the validation questions a chatbot run was trained with (``MODEL_DIR/data/valid.jsonl``, the answerable ones,
 and ``decline_valid.jsonl``, the ones the docs do not answer; the test split is not read), the trained model
 answers greedily, and the gate is fixed and applied exactly as train.py does it (``scoring.redraw`` ->
 ``scoring.choose_gate`` -> ``scoring.apply_gate``) for each number of re-drawn candidates (0: an answer naming
-what the docs never use is declined at once). Reports fact accuracy, abstention and false abstention on validation,
-the threshold chosen, the re-drawn answers kept, and the seconds spent re-drawing. Writes
+what the docs never use is declined at once) and each measure of how sure the model was of its greedy answer
+(``--confidence``: the log-probability of its least likely token, of the whole answer -- the recipe's
+``scoring.confidence`` -- or per token). Reports fact accuracy, abstention and false abstention on validation, the
+threshold chosen, the re-drawn answers kept, and the seconds spent re-drawing. Writes
 ``runs/bench/chatbot_gate.json``.
 """
 
@@ -16,11 +19,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+
+# how sure the model was of a greedy answer, from its tokens' log-probabilities ("sum" is scoring.confidence)
+CONFIDENCE = {"min": lambda lp: min(lp) if lp else -math.inf,
+              "sum": lambda lp: sum(lp) if lp else -math.inf,
+              "mean": lambda lp: sum(lp) / len(lp) if lp else -math.inf}
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -35,6 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model_dir", required=True, help="a folder that usecase-chatbot/train.py wrote")
     parser.add_argument("--samples", type=int, nargs="+", default=[0, 4, 8])
+    parser.add_argument("--confidence", nargs="+", choices=sorted(CONFIDENCE), default=["sum"])
     parser.add_argument("--max_false_abstention", type=float, default=0.05)
     parser.add_argument("--out", default="runs/bench/chatbot_gate.json")
     args = parser.parse_args(argv)
@@ -59,14 +69,16 @@ def main(argv: list[str] | None = None) -> dict:
         result["redrawn"] = {key: scoring.redraw(model, tokenizer, [r["messages"][:-1] for r in splits[key]],
                                                  answers[key], gate, n_tokens, 48) for key in splits}
         seconds = time.perf_counter() - start
-        gate = scoring.choose_gate(result, splits, gate, args.max_false_abstention)
-        gated = scoring.apply_gate(result, splits, gate)
-        valid = gated["valid"]
-        report["settings"][f"samples={k}"] = {
-            "fact_accuracy": round(valid["fact_accuracy"], 4), "abstention_rate": round(valid["abstention_rate"], 4),
-            "false_abstention_rate": round(valid["false_abstention_rate"], 4), "threshold": gate["threshold"],
-            "redrawn_kept": gated["redrawn_kept"], "redraw_seconds": round(seconds, 1)}
-        print(f"samples={k}", report["settings"][f"samples={k}"], flush=True)
+        for measure in args.confidence:
+            scoring.confidence = CONFIDENCE[measure]  # what choose_gate and gate_rule call
+            chosen = scoring.choose_gate(result, splits, gate, args.max_false_abstention)
+            gated = scoring.apply_gate(result, splits, chosen)
+            valid, name = gated["valid"], f"samples={k}" + (f" confidence={measure}" if len(args.confidence) > 1 else "")
+            report["settings"][name] = {
+                "fact_accuracy": round(valid["fact_accuracy"], 4), "abstention_rate": round(valid["abstention_rate"], 4),
+                "false_abstention_rate": round(valid["false_abstention_rate"], 4), "threshold": chosen["threshold"],
+                "redrawn_kept": gated["redrawn_kept"], "redraw_seconds": round(seconds, 1)}
+            print(name, report["settings"][name], flush=True)
     report["without_gate"] = scoring.split_metrics(answers, splits, "valid")
     return write_report(report, args.out, "settings")
 

@@ -182,27 +182,28 @@ def test_the_gate_is_fixed_on_validation_and_declines_within_its_budget(chatbot_
                           "decline_valid": ["Notion is free.", "Yes, any card."],
                           "decline_test": ["It costs $8.", "Yes, any card."]},
               "logprobs": {"valid": [[-0.1, -0.3 - 0.1 * i] for i in range(20)],
-                           "test": [[-0.2], [-5.0], [-0.1]], "decline_valid": [[-0.1], [-3.0]],
-                           "decline_test": [[-0.1], [-3.0]]}}
+                           "test": [[-0.2], [-5.0], [-0.1]], "decline_valid": [[-0.1], [-0.5] * 6],
+                           "decline_test": [[-0.1], [-0.5] * 6]}}
     gate = _gate(scoring)  # redraw_samples 0: an answer failing the checks is declined, nothing is sampled
     result["redrawn"] = scoring.redraw_all(None, None, result, splits, gate, max_new_tokens=8)
     assert result["redrawn"]["test"] == [answer, answer, None]  # "Microsoft Teams": not in the docs
     # 5% of 20 validation questions = 1 may be declined; the question check already declines "Linux": the
-    # threshold may decline no answerable question; the least sure one (-2.1) stays (strict <) and the unsure
-    # unanswerable one (-3.0) is declined: a gain of 1
+    # threshold may decline no answerable question; the least sure one (-0.1 - 2.1 = -2.2: the whole answer's
+    # log-probability) stays (strict <) and the unanswerable one, unsure throughout (6 x -0.5 = -3.0, though no
+    # single token is below -0.5), is declined: a gain of 1
     chosen = scoring.choose_gate(result, splits, gate, max_false_abstention=0.05)
     assert chosen["chosen_on"] == "validation" and chosen["validation_declined_by_words"] == 1
-    assert chosen["threshold"] == pytest.approx(-2.1) and chosen["validation_threshold_gain"] == 1
+    assert chosen["threshold"] == pytest.approx(-2.2) and chosen["validation_threshold_gain"] == 1
     gated = scoring.apply_gate(result, splits, chosen)
     assert gated["valid"]["false_abstention_rate"] == pytest.approx(0.05) and gated["valid"]["abstention_rate"] == 1
-    # test: #1 is unsure (-5 < -2.1), #2 names "Microsoft Teams"; "Premium" is not in the docs; "Yes, any card"
+    # test: #1 is unsure (-5 < -2.2), #2 names "Microsoft Teams"; "Premium" is not in the docs; "Yes, any card"
     # at -3.0 is unsure: every unanswerable question is declined, and two answerable ones too
     assert gated["answers"]["test"] == [answer, decline, decline] and gated["test"]["false_abstention_rate"] == 2 / 3
     assert gated["test"]["abstention_rate"] == 1.0 and gated["test"]["answer_perplexity"] == 1.2
     assert gated["test"]["declined_right_rate"] == 1 / 3  # #1 was right but unsure; #2 was wrong anyway
     assert gated["ungated"]["test"] == result["test"]
-    # 10% allows one more, but declining the least sure answerable question (-2.1) gains nothing: same threshold
-    assert scoring.choose_gate(result, splits, gate, 0.10)["threshold"] == pytest.approx(-2.1)
+    # 10% allows one more, but declining the least sure answerable question (-2.2) gains nothing: same threshold
+    assert scoring.choose_gate(result, splits, gate, 0.10)["threshold"] == pytest.approx(-2.2)
     # without the unsure unanswerable question, no threshold gains anything: none is set
     sure = {**result, "logprobs": {**result["logprobs"], "decline_valid": [[-0.1], [-0.1]]}}
     assert scoring.choose_gate(sure, splits, gate, 0.10)["threshold"] is None
