@@ -231,6 +231,15 @@ def test_test_clauses_in_training_wordings_are_new_clauses():
         prepare.build_splits(_args(test_templates="seen"), seed=0)
 
 
+def test_training_wordings_with_your_own_file_is_an_error_not_ignored(tmp_path):
+    mine = tmp_path / "mine.jsonl"
+    mine.write_text("".join(json.dumps({"clause": f"Clause {i}: the tenant pays EUR {i}00 by the 5th.",
+                                        "summary": f"The tenant pays EUR {i}00 monthly."}) + "\n" for i in range(1, 9)))
+    assert prepare.build_splits(_args(train_file=str(mine)), seed=0)["train"]  # the file itself is fine
+    with pytest.raises(DataError, match=r"test_templates: training .*mine\.jsonl.*test_file"):
+        prepare.build_splits(_args(train_file=str(mine), test_templates="training"), seed=0)
+
+
 def test_generated_data_is_deterministic_varied_and_held_out():
     a, b = prepare.build_splits(_args(), seed=0), prepare.build_splits(_args(), seed=0)
     assert a == b

@@ -253,6 +253,11 @@ def build_splits(args, seed: int = 0) -> dict[str, list[dict]]:
     """``{"train", "valid", "test", "style_shift", "handwritten"}`` rows, all checked."""
     from common.paths import repo_path
 
+    if args.test_templates not in ("held_out", "training"):
+        raise DataError(f"test_templates must be 'held_out' or 'training', got {args.test_templates!r}")
+    if args.train_file and args.test_templates == "training":  # it would be ignored: say so instead
+        raise DataError(f"test_templates: training re-draws the generated clauses; with train_file "
+                        f"({args.train_file}) give your own test rows with test_file instead")
     if args.train_file:
         train = read_user_rows(args.train_file, args.clause_field, args.summary_field, args.facts_field)
         random.Random(seed).shuffle(train)
@@ -271,8 +276,6 @@ def build_splits(args, seed: int = 0) -> dict[str, list[dict]]:
         if args.test_templates == "training":  # new clauses in known wordings: does learning happen at all?
             splits["test"] = check_rows(generate(templates, "test", args.test_per_template, seed, wordings="train"),
                                         f"{args.templates_file} (test, training wordings)")
-        elif args.test_templates != "held_out":
-            raise DataError(f"test_templates must be 'held_out' or 'training', got {args.test_templates!r}")
     for name, file in (("style_shift", args.style_shift_file), ("handwritten", args.handwritten_file)):
         splits[name] = check_rows([r for _, r in read_jsonl(repo_path(file))], file) if file else []
     caps = {"valid": args.max_valid_rows or args.max_eval_rows, "test": args.max_eval_rows,
