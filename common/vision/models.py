@@ -173,23 +173,25 @@ def keep_norm_statistics(module: nn.Module) -> None:
             m.eval()
 
 
-class ImageClassifier(nn.Module):
-    """Trainer-facing wrapper: ``forward(pixel_values, labels)`` -> ``{"loss", "logits"}``.
-
-    ``freeze_norm_stats``: BatchNorm keeps its running statistics in training too (see
-    :func:`keep_norm_statistics`), so the fine-tuning starts from exactly the features the probe's head was fit on.
-    """
+class BackboneModel(nn.Module):
+    """Base of the Trainer-facing vision models: a timm ``backbone``, and ``freeze_norm_stats``: its BatchNorm layers
+    keep their running statistics in training too (see :func:`keep_norm_statistics`), so the fine-tuning starts
+    from exactly the features the probe's head was fit on."""
 
     def __init__(self, backbone: nn.Module, freeze_norm_stats: bool = False) -> None:
         super().__init__()
         self.backbone = backbone
         self.freeze_norm_stats = freeze_norm_stats
 
-    def train(self, mode: bool = True) -> ImageClassifier:
+    def train(self, mode: bool = True) -> BackboneModel:
         super().train(mode)
         if mode and self.freeze_norm_stats:
-            keep_norm_statistics(self)
+            keep_norm_statistics(self.backbone)
         return self
+
+
+class ImageClassifier(BackboneModel):
+    """Trainer-facing wrapper: ``forward(pixel_values, labels)`` -> ``{"loss", "logits"}``."""
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> dict:
         return logits_and_loss(self.backbone(pixel_values), labels)

@@ -31,7 +31,7 @@ from torch import nn
 
 from common.errors import ModelPathError
 from common.vision.images import load_rgb
-from common.vision.models import _timm_config, inference_device, keep_norm_statistics, lora_targets, model_dtype
+from common.vision.models import BackboneModel, _timm_config, inference_device, lora_targets, model_dtype
 
 
 @dataclass
@@ -140,21 +140,13 @@ class MultiTaskHeads(nn.Module):
         return {"logits": logits, **({"loss": self.loss(logits, labels)} if labels is not None else {})}
 
 
-class MultiTaskModel(nn.Module):
+class MultiTaskModel(BackboneModel):
     """A timm backbone (``num_classes=0``: pooled features) and :class:`MultiTaskHeads`."""
 
     def __init__(self, backbone: nn.Module, tasks: Sequence[Task], dropout: float = 0.0,
                  freeze_norm_stats: bool = False) -> None:
-        super().__init__()
-        self.backbone = backbone
+        super().__init__(backbone, freeze_norm_stats)
         self.heads = MultiTaskHeads(backbone.num_features, tasks, dropout)
-        self.freeze_norm_stats = freeze_norm_stats  # BatchNorm keeps its running statistics in training too
-
-    def train(self, mode: bool = True) -> MultiTaskModel:
-        super().train(mode)
-        if mode and self.freeze_norm_stats:
-            keep_norm_statistics(self.backbone)
-        return self
 
     @property
     def tasks(self) -> list[Task]:
