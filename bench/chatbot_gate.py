@@ -25,11 +25,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-
-# how sure the model was of a greedy answer, from its tokens' log-probabilities ("sum" is scoring.confidence)
-CONFIDENCE = {"min": lambda lp: min(lp) if lp else -math.inf,
-              "sum": lambda lp: sum(lp) if lp else -math.inf,
-              "mean": lambda lp: sum(lp) / len(lp) if lp else -math.inf}
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -44,12 +39,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model_dir", required=True, help="a folder that usecase-chatbot/train.py wrote")
     parser.add_argument("--samples", type=int, nargs="+", default=[0, 4, 8])
-    parser.add_argument("--confidence", nargs="+", choices=sorted(CONFIDENCE), default=["sum"])
+    parser.add_argument("--confidence", nargs="+", choices=["min", "sum", "mean"], default=["sum"],
+                        help="how sure the model was: least likely token, whole answer (the recipe's), per token")
     parser.add_argument("--max_false_abstention", type=float, default=0.05)
     parser.add_argument("--out", default="runs/bench/chatbot_gate.json")
     args = parser.parse_args(argv)
 
     scoring = load_sibling(REPO / "usecase-chatbot" / "train.py", "scoring")
+    # from the answer tokens' log-probabilities; "sum" is the recipe's own scoring.confidence
+    measures = {"min": lambda lp: min(lp) if lp else -math.inf, "sum": scoring.confidence,
+                "mean": lambda lp: sum(lp) / len(lp) if lp else -math.inf}
     data = Path(args.model_dir) / "data"
     splits = {key: [json.loads(line) for line in (data / f"{key}.jsonl").read_text().splitlines() if line.strip()]
               for key in ("valid", "decline_valid")}
@@ -70,9 +69,10 @@ def main(argv: list[str] | None = None) -> dict:
                                                  answers[key], gate, n_tokens, 48) for key in splits}
         seconds = time.perf_counter() - start
         for measure in args.confidence:
-            scoring.confidence = CONFIDENCE[measure]  # what choose_gate and gate_rule call
+            scoring.confidence = measures[measure]  # what choose_gate and gate_rule look up, in this process only
             chosen = scoring.choose_gate(result, splits, gate, args.max_false_abstention)
             gated = scoring.apply_gate(result, splits, chosen)
+            scoring.confidence = measures["sum"]
             valid, name = gated["valid"], f"samples={k}" + (f" confidence={measure}" if len(args.confidence) > 1 else "")
             report["settings"][name] = {
                 "fact_accuracy": round(valid["fact_accuracy"], 4), "abstention_rate": round(valid["abstention_rate"], 4),
