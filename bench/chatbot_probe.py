@@ -9,7 +9,7 @@ training phrasings (``MODEL_DIR/data/train.jsonl``) from the training questions 
 and the decision threshold the one that declines the most unanswerable validation questions while declining at most
 ``--max_false_abstention`` of the answerable ones -- the same budget the recipe's abstention gate is held to. Only
 then is the test split scored, beside the run's own abstention gate (``MODEL_DIR/report.json``). The same
-mechanism as the medical recipe's triage check (``usecase-medical/triage.py``, whose feature code this reuses).
+mechanism as the medical recipe's triage check (``usecase-medical/triage.py``; features from ``common.probe``).
 A measurement, not part of the recipe. Writes ``runs/bench/chatbot_probe.json``.
 """
 
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
     from trainers import _cpu, write_report
 
     from common.models import load_for_inference
-    from common.paths import load_sibling
+    from common.probe import prompt_features
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model_dir", required=True, help="a folder that usecase-chatbot/train.py wrote")
@@ -53,7 +53,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default="runs/bench/chatbot_probe.json")
     args = parser.parse_args(argv)
 
-    triage = load_sibling(REPO / "usecase-medical" / "train.py", "triage")
     data = Path(args.model_dir) / "data"
     system = _read(data / "train.jsonl")[0]["messages"][0]["content"]
     unanswerable = yaml.safe_load((REPO / "usecase-chatbot" / "data" / "unanswerable.yaml").read_text())
@@ -70,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
     model, tokenizer, _ = load_for_inference(args.model_dir)
     x, y = {}, {}
     for name, (answerable, declines) in splits.items():
-        x[name] = triage.prompt_features(model, tokenizer, [prompt(q) for q in answerable + declines]).numpy()
+        x[name] = prompt_features(model, tokenizer, [prompt(q) for q in answerable + declines]).numpy()
         y[name] = np.array([False] * len(answerable) + [True] * len(declines))
         print(f"{name}: {len(answerable)} answerable, {len(declines)} unanswerable", flush=True)
 

@@ -273,3 +273,93 @@ def test_a_gate_without_unanswerable_questions_stops_the_run(chatbot_train, tmp_
         chatbot_train.main(["--config", str(smoke), "--output_dir", str(tmp_path / "run"),
                             "--max_false_abstention", "1.5"])
     assert not (tmp_path / "run").exists()
+
+
+def _fake_features(product_words=("plan", "board", "Brightboard")):
+    """Two 'layers' of features: layer 0 is noise, layer 1 says whether the question is about the product."""
+    import torch
+
+    def features(model, tokenizer, conversations, layers=None, batch_size=16):
+        rows = []
+        for i, c in enumerate(conversations):
+            q = c[-1]["content"]
+            product = any(w in q for w in product_words)
+            rows.append([[float((i * 7919) % 13) / 13, 0.3], [1.0 if product else -1.0, 0.1 * (i % 3)]])
+        x = torch.tensor(rows).permute(1, 0, 2)  # [layers, n, hidden]
+        return x if layers is None else x[layers]
+    return features
+
+
+def test_the_router_is_fitted_on_training_questions_and_its_threshold_sits_in_the_validation_gap(chatbot_train,
+                                                                                                 monkeypatch):
+    import common.probe
+
+    routing = chatbot_train.routing
+    monkeypatch.setattr(routing, "prompt_features", _fake_features())
+    monkeypatch.setattr(common.probe, "prompt_features", _fake_features())
+    product = {"train": ["How much is the Team plan?", "Can I share a board?", "Is Brightboard free?"] * 3,
+               "valid": ["What does the Business plan cost?", "How do I lock a board?"]}
+    general = {"train": ["What is the capital of Spain?", "What is 7 times 8?", "Name three fruits."] * 3,
+               "valid": ["What is half of 18?", "What color is snow?"]}
+    router, info = routing.fit(None, None, product, general, "sys")
+    assert router.layer == 1  # the informative layer, chosen on validation log-loss
+    low, high = info["validation_gap"]
+    assert low < router.threshold < high and router.threshold == pytest.approx((low + high) / 2, abs=1e-3)
+    assert routing.to_adapter(router, None, None, ["Where is the plan page?", "What is 2 plus 2?"], "sys") == \
+        [True, False]
+    assert routing.to_adapter(None, None, None, ["What is 2 plus 2?"], "sys") == [True]  # no router: the adapter
+    # overlapping validation: the threshold keeps every product question on the adapter
+    monkeypatch.setattr(routing, "prompt_features", _fake_features(("plan", "board", "Brightboard", "snow")))
+    router, info = routing.fit(None, None, product, general, "sys")
+    assert router.threshold == pytest.approx(info["validation_gap"][1], abs=1e-3)
+
+
+def test_questions_routed_away_from_the_adapter_get_the_base_models_answers_and_are_rescored(chatbot_train):
+    routing = chatbot_train.routing
+    splits = {"test": [{"key_terms": ["$8"]}, {"key_terms": ["Tokyo"]}], "valid": [{"key_terms": ["$8"]}]}
+    tuned = {"test": {"fact_accuracy": 0.5}, "valid": {"fact_accuracy": 1.0},
+             "answers": {"test": ["It costs $8.", "I don't know."], "valid": ["$8."], "general": ["Rome", "7 days"]}}
+    base = {"answers": {"test": ["It is free.", "Tokyo."], "valid": ["free"], "general": ["Paris", "7 days"]}}
+    routed = routing.apply(tuned, base, {"test": [True, False], "valid": [True], "general": [False, True]}, splits)
+    assert routed["answers"]["test"] == ["It costs $8.", "Tokyo."] and routed["test"]["fact_accuracy"] == 1.0
+    assert routed["test"]["false_abstention_rate"] == 0.0  # the declined answer was replaced
+    assert routed["answers"]["general"] == ["Paris", "7 days"]
+    assert routed["answers_adapter"]["general"] == ["Rome", "7 days"]  # the adapter's own, kept for the report
+
+
+def test_chat_answers_general_questions_with_the_adapter_off_and_without_the_gate(chatbot_train, monkeypatch,
+                                                                                  tmp_path):
+    """With a router, a general question gets exactly the base model's answer (no gate); a product question goes
+    through the adapter and the gate, as in the run's report. The router is saved and found again beside the run."""
+    import importlib.util
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from common.config import ModelArguments
+    from common.evaluation import generate_chat
+    from common.models import TINY_TEXT_ALIAS, load_causal_lm, load_tokenizer
+
+    spec = importlib.util.spec_from_file_location("chatbot_chat_router", SCRIPT.parent / "chat.py")
+    chat = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(chat)
+    torch.manual_seed(0)
+    tokenizer = load_tokenizer(TINY_TEXT_ALIAS)
+    model = get_peft_model(load_causal_lm(ModelArguments(model_name_or_path=TINY_TEXT_ALIAS)),
+                           LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)).eval()
+    question = [{"role": "system", "content": "sys"}, {"role": "user", "content": "What is the capital of France?"}]
+    with model.disable_adapter():
+        base_answer = generate_chat(model, tokenizer, [question], 6)[0]
+    adapter_answer = generate_chat(model, tokenizer, [question], 6)[0]
+    assert base_answer != adapter_answer  # the adapter changes this model's answers
+
+    router = chat.routing.Router(layer=1, weight=torch.zeros(4), bias=0.0, threshold=0.5)
+    router = chat.routing.Router.load(router.save(tmp_path).parent)
+    assert router.threshold == 0.5 and router.layer == 1
+    monkeypatch.setattr(chat.routing, "to_adapter", lambda r, m, t, questions, s: ["plan" in q for q in questions])
+    gate = {"threshold": 0.0, "decline": "I don't have that information.", "vocabulary": ["how", "much", "team"]}
+    settings = {"system_prompt": "sys", "max_new_tokens": 6, "abstention_gate": gate, "router": router}
+    assert chat.answer(model, tokenizer, settings, "What is the capital of France?") == base_answer
+    assert chat.answer(model, tokenizer, settings, "How much is the Team plan?") == gate["decline"]
+    answers = chat.reply(model, tokenizer, settings, [question, [*question[:1], {"role": "user", "content": "plan?"}]])
+    assert answers == [base_answer, gate["decline"]]  # a batch keeps its order

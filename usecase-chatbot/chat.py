@@ -13,7 +13,8 @@ the left (its end is kept), with a warning on stderr.
 ``merged/`` sub-folder, or any model name for comparison. With ``--question`` only the answer is printed.
 A run folder's abstention gate (``inference.json``) applies: a question that names what the help center never
 mentions, or an answer the model is unsure of, gets the decline; an answer naming such a thing is re-drawn first
--- as in the run's report.
+-- as in the run's report. With the run's router (``router.safetensors``), a question that is not about the
+product is answered by the base model's own weights (the adapter switched off), without the gate.
 """
 
 from __future__ import annotations
@@ -34,13 +35,18 @@ from common.models import load_for_inference  # noqa: E402
 from common.paths import load_sibling  # noqa: E402
 
 scoring = load_sibling(__file__, "scoring")  # the abstention gate, as train.py scored it
+routing = load_sibling(__file__, "router")  # product questions -> the adapter, the rest -> the base weights
 
 DEFAULT_SYSTEM = "You are the Brightboard support assistant."
 
 
 def load(model_dir: str):
-    """Model, tokenizer and inference settings (system prompt, answer length) saved by train.py."""
-    return load_for_inference(model_dir)
+    """Model, tokenizer and inference settings (system prompt, answer length) saved by train.py; with the run's
+    router (``settings["router"]``) when it has one and its adapter can be switched off (not a merged model)."""
+    model, tokenizer, settings = load_for_inference(model_dir)
+    if hasattr(model, "disable_adapter") and Path(model_dir).is_dir():
+        settings["router"] = routing.Router.load(model_dir)
+    return model, tokenizer, settings
 
 
 
@@ -85,6 +91,28 @@ def fit_question(model, tokenizer, settings: dict, question: str, history: list[
 
 
 def reply(model, tokenizer, settings: dict, conversations: list[list[dict]], desc: str = "thinking") -> list[str]:
+    """Greedy answers. With the run's router, a question it does not take for a product question is answered by
+    the base weights (adapter off, no gate); the others go through :func:`product_reply`."""
+    router = settings.get("router")
+    if router is None:
+        return product_reply(model, tokenizer, settings, conversations, desc)
+    to_adapter = routing.to_adapter(router, model, tokenizer, [c[-1]["content"] for c in conversations],
+                                    settings.get("system_prompt", DEFAULT_SYSTEM))
+    answers: list[str | None] = [None] * len(conversations)
+    general = [i for i, t in enumerate(to_adapter) if not t]
+    if general:
+        with model.disable_adapter():
+            for i, a in zip(general, generate_chat(model, tokenizer, [conversations[i] for i in general],
+                                                   settings.get("max_new_tokens", 64), desc=desc)):
+                answers[i] = a
+    product = [i for i, t in enumerate(to_adapter) if t]
+    if product:
+        for i, a in zip(product, product_reply(model, tokenizer, settings, [conversations[i] for i in product], desc)):
+            answers[i] = a
+    return answers
+
+
+def product_reply(model, tokenizer, settings: dict, conversations: list[list[dict]], desc: str) -> list[str]:
     """Greedy answers, through the run's abstention gate when it has one (``inference.json``): an answer naming
     what the docs never use is re-drawn (:func:`scoring.redraw`), and the decline replaces an answer the gate
     stops (:func:`scoring.gate_rule`), as in the run's report."""

@@ -163,22 +163,25 @@ def conversation(system_prompt: str, question: str, answer: str) -> list[dict]:
 def build_splits(docs_file: Path, questions_file: Path, system_prompt: str, seed: int = 0,
                  max_facts: int | None = None, unanswerable_file: Path | None = None,
                  max_unanswerable: int | None = None, train_declines: bool = False) -> dict[str, list[dict]]:
-    """Return ``{"train", "valid", "test", "decline_valid", "decline_test"}`` lists of ``messages`` rows.
+    """Return ``{"train", "valid", "test", "decline_train", "decline_valid", "decline_test"}`` lists of
+    ``messages`` rows.
 
     ``max_facts`` keeps the first N statements of the docs (a reduced run, e.g. the CI tier); all by default.
     With ``unanswerable_file``, its held-out questions make ``decline_valid`` / ``decline_test`` (scored for
-    abstention), and with ``train_declines`` its training questions also join ``train`` with the decline answer
-    (``max_unanswerable``: the first N of each split).
+    abstention) and its training questions ``decline_train`` (the router learns from them that they are product
+    questions); with ``train_declines`` those also join ``train`` with the decline answer (``max_unanswerable``:
+    the first N of each split).
     """
     statements = read_statements(docs_file)
     questions = read_questions(questions_file, statements)
     if max_facts:
         statements = dict(list(statements.items())[:max_facts])
-    splits: dict[str, list[dict]] = {"train": [], "valid": [], "test": [], "decline_valid": [], "decline_test": []}
+    splits: dict[str, list[dict]] = {"train": [], "valid": [], "test": [], "decline_train": [], "decline_valid": [],
+                                     "decline_test": []}
     if unanswerable_file:
         unanswerable = read_unanswerable(unanswerable_file, questions)
         targets = [("train", "train")] if train_declines else []
-        for split, target in [*targets, ("valid", "decline_valid"), ("test", "decline_test")]:
+        for split, target in [*targets, ("train", "decline_train"), ("valid", "decline_valid"), ("test", "decline_test")]:
             for question in unanswerable[split][:max_unanswerable]:
                 splits[target].append({"fact_id": "(not in the docs)",
                                        "messages": conversation(system_prompt, question, unanswerable["decline"])})

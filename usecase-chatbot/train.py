@@ -22,6 +22,7 @@ from trl import SFTConfig
 from common.config import ModelArguments, parse_config, peft_config, to_dict
 from common.data import load_dataset_validated, messages_to_prompt_completion, write_jsonl_splits
 from common.errors import run_main
+from common.evaluation import retention
 from common.export import merge_and_export
 from common.hardware import detect, is_main_process, training_precision
 from common.models import load_causal_lm, load_tokenizer
@@ -32,6 +33,7 @@ from common.train import build_sft_trainer, train_and_measure
 prepare = load_sibling(__file__, "prepare_data")  # help center -> conversations; replay rows
 scoring = load_sibling(__file__, "scoring")  # fact accuracy, retention, the report
 checks = load_sibling(__file__, "checks")  # settings that cannot work stop the run before any model loads
+routing = load_sibling(__file__, "router")  # product questions -> the adapter, the rest -> the base weights
 logger = logging.getLogger("chatbot")
 
 
@@ -56,6 +58,7 @@ class ChatbotArguments:
     replay_loss: str = "kl"  # "kl": match the base model's next-token distribution; "ce": learn its answer text
     replay_kl_weight: float = 1.0  # weight of a replay token's KL against a product token's cross-entropy
     system_prompt: str = "You are the Brightboard support assistant."
+    router: bool = False  # general questions answered by the base weights (adapter off); fitted on validation
     max_facts: int | None = None  # the first N statements of the docs only (reduced runs; None: all)
     max_general_questions: int | None = None  # the first N of each general set (reduced runs; None: all)
     max_train_rows: int | None = None  # cap for quick experiments
@@ -150,11 +153,25 @@ def main(argv: list[str] | None = None) -> dict:
         tuned = scoring.apply_gate(tuned, splits, gate)
         logger.info("abstention gate: abstention %.3f, false abstention %.3f (test)",
                     tuned["test"].get("abstention_rate", float("nan")), tuned["test"]["false_abstention_rate"])
+    # The router (router.py): a probe on the fine-tuned model's hidden states sends product questions to the
+    # adapter and the gate, and everything else to the base weights (adapter off): the base model's own answers.
+    router, router_info = None, None
+    if args.router:
+        router, routes, router_info = routing.fit_and_route(trainer.model, tokenizer, splits, general_sets,
+                                                            replay_questions, args.system_prompt)
+        if router is not None:
+            tuned = routing.apply(tuned, base, routes, splits)
+            router_info["retention_adapter_only"] = {
+                name: retention(qs, base["answers"][name], tuned["answers_adapter"][name])["retention"]
+                for name, qs in general_sets.items()}
+            logger.info("router: %s sent to the base model", router_info["sent_to_base_model"])
     clock.lap("after_evaluation")
 
     # 5. Save: adapter + tokenizer (+ a merged model checked against base + adapter), then the report
     trainer.save_model(str(out))
     tokenizer.save_pretrained(out)
+    if router is not None:
+        router.save(out)
     (out / "inference.json").write_text(json.dumps(
         {"system_prompt": args.system_prompt, "max_new_tokens": args.max_new_tokens,
          "abstention_gate": gate and {k: gate[k] for k in ("threshold", "relevance", "redraw_samples", "decline",
@@ -176,11 +193,13 @@ def main(argv: list[str] | None = None) -> dict:
         config=to_dict(args, model_args), phases=clock.summary(),
         abstention_gate=gate and {**{k: v for k, v in gate.items() if k != "vocabulary"},
                                   "vocabulary_words": len(gate["vocabulary"]), "redraw": scoring.REDRAW,
-                                  "redrawn_answers_kept": tuned["redrawn_kept"], "without_gate": tuned["ungated"]})
+                                  "redrawn_answers_kept": tuned["redrawn_kept"], "without_gate": tuned["ungated"]},
+        router=router_info)
     write_report(out, report, trainer.state.log_history, sections=[
         ("Example answers (held-out phrasings)",
          scoring.examples_table(splits["test"], base["answers"]["test"], tuned["answers"]["test"])),
-        ("When the docs do not say (held-out questions)", scoring.declines_table(splits, base, tuned))])
+        ("When the docs do not say (held-out questions)", scoring.declines_table(splits, base, tuned)),
+        *([("General questions: the router", routing.summary(router_info))] if router_info else [])])
     logger.info("report: %s", out / "REPORT.md")
     return report["metrics"]
 

@@ -21,105 +21,41 @@ and the layer in the metadata) beside the run's adapter.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from common.evaluation import generate_chat
 from common.paths import load_sibling
+from common.probe import LinearProbe, fit_per_layer, prompt_features
 
 scoring = load_sibling(__file__, "scoring")
 
 ESCALATION = "This is an emergency: call 911 or your local emergency number now."
-FILE = "triage.safetensors"
 
 
-@dataclass
-class Triage:
-    """A logistic regression on the mean hidden state (over the prompt's tokens) of one layer."""
+class Triage(LinearProbe):
+    """P(red flag) of a question: a :class:`common.probe.LinearProbe` saved as ``triage.safetensors``."""
 
-    layer: int
-    weight: torch.Tensor
-    bias: float
-    threshold: float = 0.5
-
-    def probabilities(self, model, tokenizer, conversations: list[list[dict]], batch_size: int = 16) -> list[float]:
-        """P(red flag) of each chat prompt."""
-        x = prompt_features(model, tokenizer, conversations, [self.layer], batch_size)[0]
-        return torch.sigmoid(x @ self.weight + self.bias).tolist()
-
-    def save(self, folder: str | Path, info: dict | None = None) -> Path:
-        from safetensors.torch import save_file
-
-        path = Path(folder) / FILE
-        meta = {"layer": str(self.layer), "threshold": str(self.threshold), "bias": repr(self.bias)}
-        save_file({"weight": self.weight.contiguous()}, str(path), metadata={**meta, **{k: str(v) for k, v in
-                                                                                       (info or {}).items()}})
-        return path
-
-    @classmethod
-    def load(cls, folder: str | Path) -> Triage | None:
-        """The triage check saved in ``folder`` (or its parent: a run's ``merged/``); None when there is none."""
-        from safetensors import safe_open
-
-        path = next((p / FILE for p in (Path(folder), Path(folder).parent) if (p / FILE).exists()), None)
-        if path is None:
-            return None
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata()
-            return cls(int(meta["layer"]), f.get_tensor("weight"), float(meta["bias"]), float(meta["threshold"]))
-
-
-@torch.inference_mode()
-def prompt_features(model, tokenizer, conversations: list[list[dict]], layers: list[int] | None = None,
-                    batch_size: int = 16) -> torch.Tensor:
-    """``[len(layers), n, hidden]``: each prompt's hidden states averaged over its tokens, per layer (0: the
-    embeddings; None: every layer). The prompt is rendered with the generation prompt, as the model sees it."""
-    model.eval()
-    texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
-    device, chunks = next(model.parameters()).device, []
-    side, tokenizer.padding_side = tokenizer.padding_side, "right"
-    try:
-        for start in range(0, len(texts), batch_size):
-            enc = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
-                            add_special_tokens=False).to(device)
-            states = model(**enc, output_hidden_states=True).hidden_states
-            mask = enc["attention_mask"].unsqueeze(-1).float()
-            picked = range(len(states)) if layers is None else layers
-            chunks.append(torch.stack([(states[i].float() * mask).sum(1) / mask.sum(1) for i in picked]).cpu())
-    finally:
-        tokenizer.padding_side = side
-    return torch.cat(chunks, dim=1)
+    FILE = "triage.safetensors"
 
 
 def fit(model, tokenizer, train: list[dict], valid: list[dict], c: float = 1.0,
         batch_size: int = 16) -> tuple[Triage | None, dict]:
     """Fit the probe on the labelled training questions (``prompt``, ``red_flag``), one per layer, and keep the layer
     with the lowest validation log-loss. Returns ``(None, reason)`` when a split lacks one of the two labels."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import log_loss
-
     train = [q for q in train if isinstance(q.get("red_flag"), bool)]
     valid = [q for q in valid if isinstance(q.get("red_flag"), bool)]
     for name, rows in (("train", train), ("valid", valid)):
         if len({q["red_flag"] for q in rows}) < 2:
             return None, {"skipped": f"the {name} split needs red-flag and everyday questions"}
-    x_train = prompt_features(model, tokenizer, [q["prompt"] for q in train], None, batch_size).numpy()
-    x_valid = prompt_features(model, tokenizer, [q["prompt"] for q in valid], None, batch_size).numpy()
-    y_train, y_valid = [q["red_flag"] for q in train], [q["red_flag"] for q in valid]
-    losses, probes = [], []
-    for layer in range(x_train.shape[0]):
-        probe = LogisticRegression(C=c, max_iter=5000).fit(x_train[layer], y_train)
-        losses.append(log_loss(y_valid, probe.predict_proba(x_valid[layer])[:, 1], labels=[False, True]))
-        probes.append(probe)
-    best = min(range(len(losses)), key=losses.__getitem__)
-    probe = probes[best]
-    triage = Triage(best, torch.tensor(probe.coef_[0], dtype=torch.float32), float(probe.intercept_[0]))
-    return triage, {"layer": best, "validation_log_loss": round(losses[best], 4),
-                    "validation_log_loss_by_layer": [round(v, 4) for v in losses],
-                    "train_questions": len(train), "validation_questions": len(valid)}
+    x_train = prompt_features(model, tokenizer, [q["prompt"] for q in train], None, batch_size)
+    x_valid = prompt_features(model, tokenizer, [q["prompt"] for q in valid], None, batch_size)
+    best, bias, weight, loss, losses = fit_per_layer(x_train, [q["red_flag"] for q in train], x_valid,
+                                                     [q["red_flag"] for q in valid], c)
+    return Triage(best, weight, bias), {"layer": best, "validation_log_loss": round(loss, 4),
+                                        "validation_log_loss_by_layer": [round(v, 4) for v in losses],
+                                        "train_questions": len(train), "validation_questions": len(valid)}
 
 
 class _ForbidFirst(LogitsProcessor):
