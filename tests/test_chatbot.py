@@ -329,8 +329,9 @@ def test_questions_routed_away_from_the_adapter_get_the_base_models_answers_and_
 
 def test_chat_answers_general_questions_with_the_adapter_off_and_without_the_gate(chatbot_train, monkeypatch,
                                                                                   tmp_path):
-    """With a router, a general question gets exactly the base model's answer (no gate); a product question goes
-    through the adapter and the gate, as in the run's report. The router is saved and found again beside the run."""
+    """With a router, a general question gets exactly the base model's answer (no gate, no system prompt); a product
+    question goes through the adapter and the gate, as in the run's report. The router is saved and found again
+    beside the run."""
     import importlib.util
 
     import torch
@@ -348,9 +349,9 @@ def test_chat_answers_general_questions_with_the_adapter_off_and_without_the_gat
     model = get_peft_model(load_causal_lm(ModelArguments(model_name_or_path=TINY_TEXT_ALIAS)),
                            LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)).eval()
     question = [{"role": "system", "content": "sys"}, {"role": "user", "content": "What is the capital of France?"}]
-    with model.disable_adapter():
-        base_answer = generate_chat(model, tokenizer, [question], 6)[0]
-    adapter_answer = generate_chat(model, tokenizer, [question], 6)[0]
+    with model.disable_adapter():  # general questions are asked without the bot's system prompt, as in the report
+        base_answer = generate_chat(model, tokenizer, [question[1:]], 6)[0]
+    adapter_answer = generate_chat(model, tokenizer, [question[1:]], 6)[0]
     assert base_answer != adapter_answer  # the adapter changes this model's answers
 
     router = chat.routing.Router(layer=1, weight=torch.zeros(4), bias=0.0, threshold=0.5)

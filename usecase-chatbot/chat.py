@@ -14,7 +14,8 @@ the left (its end is kept), with a warning on stderr.
 A run folder's abstention gate (``inference.json``) applies: a question that names what the help center never
 mentions, or an answer the model is unsure of, gets the decline; an answer naming such a thing is re-drawn first
 -- as in the run's report. With the run's router (``router.safetensors``), a question that is not about the
-product is answered by the base model's own weights (the adapter switched off), without the gate.
+product is answered by the base model's own weights (the adapter switched off), without the gate and without the
+bot's system prompt.
 """
 
 from __future__ import annotations
@@ -92,7 +93,8 @@ def fit_question(model, tokenizer, settings: dict, question: str, history: list[
 
 def reply(model, tokenizer, settings: dict, conversations: list[list[dict]], desc: str = "thinking") -> list[str]:
     """Greedy answers. With the run's router, a question it does not take for a product question is answered by
-    the base weights (adapter off, no gate); the others go through :func:`product_reply`."""
+    the base weights (adapter off, no gate) without the bot's system prompt -- as the report's general questions
+    are asked; the others go through :func:`product_reply`."""
     router = settings.get("router")
     if router is None:
         return product_reply(model, tokenizer, settings, conversations, desc)
@@ -102,8 +104,9 @@ def reply(model, tokenizer, settings: dict, conversations: list[list[dict]], des
     general = [i for i, t in enumerate(to_adapter) if not t]
     if general:
         with model.disable_adapter():
-            for i, a in zip(general, generate_chat(model, tokenizer, [conversations[i] for i in general],
-                                                   settings.get("max_new_tokens", 64), desc=desc)):
+            plain = [[m for m in conversations[i] if m["role"] != "system"] for i in general]
+            for i, a in zip(general, generate_chat(model, tokenizer, plain, settings.get("max_new_tokens", 64),
+                                                   desc=desc)):
                 answers[i] = a
     product = [i for i, t in enumerate(to_adapter) if t]
     if product:

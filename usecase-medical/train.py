@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict | None:
 
     # 6. The triage check: a logistic regression on the DPO model's hidden states, fit on the training questions'
     #    red_flag labels (its layer chosen on validation); the answers then follow its decision
-    (out / triage.FILE).unlink(missing_ok=True)
+    (out / triage.Triage.FILE).unlink(missing_ok=True)
     probe, info = (triage.fit(dpo_model, tokenizer, questions["train"], questions["valid"],
                               batch_size=args.eval_batch_size) if args.triage else (None, {"skipped": "triage: false"}))
     if probe is not None:
