@@ -1,6 +1,7 @@
 """Chatbot recipe helpers that need no model (the full run is in test_chatbot_slow.py / test_contract.py)."""
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -364,3 +365,16 @@ def test_chat_answers_general_questions_with_the_adapter_off_and_without_the_gat
     assert chat.answer(model, tokenizer, settings, "How much is the Team plan?") == gate["decline"]
     answers = chat.reply(model, tokenizer, settings, [question, [*question[:1], {"role": "user", "content": "plan?"}]])
     assert answers == [base_answer, gate["decline"]]  # a batch keeps its order
+
+
+def test_a_run_without_the_router_removes_the_one_an_earlier_run_left(chatbot_train, tmp_path):
+    """chat.py uses any router.safetensors it finds in the run folder: a run killed before its report, resumed with
+    --router false, must not leave the first attempt's router behind."""
+    smoke, run = SCRIPT.parent / "config.smoke.yaml", tmp_path / "run"
+    chatbot_train.main(["--config", str(smoke), "--output_dir", str(run), "--max_general_questions", "4"])
+    assert (run / "router.safetensors").exists()  # config.smoke.yaml: router: true
+    (run / "report.json").unlink()  # as if killed after saving, before the report: the folder resumes
+    chatbot_train.main(["--config", str(smoke), "--output_dir", str(run), "--max_general_questions", "4",
+                        "--router", "false"])
+    assert not (run / "router.safetensors").exists()
+    assert json.loads((run / "report.json").read_text())["router"] is None

@@ -170,6 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
     # 5. Save: adapter + tokenizer (+ a merged model checked against base + adapter), then the report
     trainer.save_model(str(out))
     tokenizer.save_pretrained(out)
+    (out / routing.Router.FILE).unlink(missing_ok=True)  # a router an earlier run left in this folder
     if router is not None:
         router.save(out)
     (out / "inference.json").write_text(json.dumps(
