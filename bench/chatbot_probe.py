@@ -39,12 +39,10 @@ def _rates(declined: list[bool], unanswerable: list[bool]) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     import numpy as np
     import yaml
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import log_loss
     from trainers import _cpu, write_report
 
     from common.models import load_for_inference
-    from common.probe import prompt_features
+    from common.probe import LinearProbe, fit_per_layer, prompt_features
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model_dir", required=True, help="a folder that usecase-chatbot/train.py wrote")
@@ -69,17 +67,14 @@ def main(argv: list[str] | None = None) -> dict:
     model, tokenizer, _ = load_for_inference(args.model_dir)
     x, y = {}, {}
     for name, (answerable, declines) in splits.items():
-        x[name] = prompt_features(model, tokenizer, [prompt(q) for q in answerable + declines]).numpy()
+        x[name] = prompt_features(model, tokenizer, [prompt(q) for q in answerable + declines])
         y[name] = np.array([False] * len(answerable) + [True] * len(declines))
         print(f"{name}: {len(answerable)} answerable, {len(declines)} unanswerable", flush=True)
 
-    losses, probes = [], []
-    for layer in range(x["train"].shape[0]):
-        probe = LogisticRegression(C=args.c, max_iter=5000, class_weight="balanced").fit(x["train"][layer], y["train"])
-        losses.append(log_loss(y["valid"], probe.predict_proba(x["valid"][layer])[:, 1], labels=[False, True]))
-        probes.append(probe)
-    layer = min(range(len(losses)), key=losses.__getitem__)
-    p = {name: probes[layer].predict_proba(x[name][layer])[:, 1] for name in splits}
+    layer, bias, weight, _, losses = fit_per_layer(x["train"], y["train"].tolist(), x["valid"], y["valid"].tolist(),
+                                                   c=args.c, balanced=True)
+    probe = LinearProbe(layer, weight, bias)
+    p = {name: np.array(probe.predict(x[name][layer])) for name in splits}
 
     # threshold on validation only: the most unanswerable questions declined within the false-abstention budget
     answerable_valid = np.sort(p["valid"][~y["valid"]])[::-1]

@@ -52,8 +52,11 @@ class LinearProbe:
 
     def probabilities(self, model, tokenizer, conversations: Sequence[list[dict]], batch_size: int = 16) -> list[float]:
         """P(yes) of each chat prompt."""
-        x = prompt_features(model, tokenizer, conversations, [self.layer], batch_size)[0]
-        return torch.sigmoid(x @ self.weight + self.bias).tolist()
+        return self.predict(prompt_features(model, tokenizer, conversations, [self.layer], batch_size)[0])
+
+    def predict(self, features: torch.Tensor) -> list[float]:
+        """P(yes) from ``[n, hidden]`` features of the probe's layer (:func:`prompt_features`)."""
+        return torch.sigmoid(features @ self.weight + self.bias).tolist()
 
     def save(self, folder: str | Path, info: dict | None = None) -> Path:
         """Write ``folder/FILE`` (``info``: extra strings for the metadata); returns its path."""

@@ -309,6 +309,8 @@ def test_the_router_is_fitted_on_training_questions_and_its_threshold_sits_in_th
     assert routing.to_adapter(router, None, None, ["Where is the plan page?", "What is 2 plus 2?"], "sys") == \
         [True, False]
     assert routing.to_adapter(None, None, None, ["What is 2 plus 2?"], "sys") == [True]  # no router: the adapter
+    # the validation questions' probabilities come back from fitting: routing them needs no second forward pass
+    assert info["valid_p"]["What color is snow?"] < router.threshold <= info["valid_p"]["How do I lock a board?"]
     # overlapping validation: the threshold keeps every product question on the adapter
     monkeypatch.setattr(routing, "prompt_features", _fake_features(("plan", "board", "Brightboard", "snow")))
     router, info = routing.fit(None, None, product, general, "sys")

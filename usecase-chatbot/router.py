@@ -39,7 +39,8 @@ def fit(model, tokenizer, product: dict[str, list[str]], general: dict[str, list
     """Fit the router on ``product["train"]`` vs ``general["train"]``; choose its layer and threshold on the
     ``"valid"`` questions. Threshold: halfway between the highest general and the lowest product probability
     when validation separates them; otherwise the lowest product probability (a product question sent to the base
-    model costs a fact; a general one sent to the adapter costs at most one general answer)."""
+    model costs a fact; a general one sent to the adapter costs at most one general answer). ``info["valid_p"]``:
+    the probability of each validation question (so they need not run through the model again)."""
     x, y = {}, {}
     for split in ("train", "valid"):
         x[split] = prompt_features(model, tokenizer, prompts(product[split] + general[split], system_prompt), None,
@@ -47,14 +48,15 @@ def fit(model, tokenizer, product: dict[str, list[str]], general: dict[str, list
         y[split] = [True] * len(product[split]) + [False] * len(general[split])
     layer, bias, weight, loss, _ = fit_per_layer(x["train"], y["train"], x["valid"], y["valid"], balanced=True)
     router = Router(layer, weight, bias)
-    p = (x["valid"][layer] @ weight + bias).sigmoid().tolist()
+    p = router.predict(x["valid"][layer])
     n = len(product["valid"])
     low_product, high_general = min(p[:n]), max(p[n:])
     router.threshold = (low_product + high_general) / 2 if high_general < low_product else low_product
     return router, {"layer": layer, "threshold": round(router.threshold, 4), "validation_log_loss": round(loss, 4),
                     "validation_gap": [round(high_general, 4), round(low_product, 4)],
                     "train_questions": {"product": len(product["train"]), "general": len(general["train"])},
-                    "validation_questions": {"product": n, "general": len(p) - n}}
+                    "validation_questions": {"product": n, "general": len(p) - n},
+                    "valid_p": dict(zip(product["valid"] + general["valid"], p))}
 
 
 def to_adapter(router: Router | None, model, tokenizer, questions: list[str], system_prompt: str,
@@ -83,7 +85,9 @@ def fit_and_route(model, tokenizer, splits: dict, general_sets: dict[str, list[d
     questions = {k: [r["messages"][1]["content"] for r in splits[k]]
                  for k in ("test", "valid", "decline_test", "decline_valid") if splits.get(k)}
     questions |= {name: [q["question"] for q in qs] for name, qs in general_sets.items()}
-    routes = {k: to_adapter(router, model, tokenizer, qs, system_prompt) for k, qs in questions.items()}
+    valid_p = info.pop("valid_p")  # the validation questions' probabilities, from fitting
+    routes = {k: [valid_p[q] >= router.threshold for q in qs] if all(q in valid_p for q in qs)
+              else to_adapter(router, model, tokenizer, qs, system_prompt) for k, qs in questions.items()}
     info["sent_to_base_model"] = {k: f"{sum(not t for t in v)} of {len(v)}" for k, v in routes.items()}
     return router, routes, info
 
