@@ -11,14 +11,13 @@ import logging
 import time
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
 from transformers import EarlyStoppingCallback, Trainer, TrainerState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from common.errors import ConfigError, ModelPathError
 from common.hardware import detect, peak_memory_mb, reset_peak_memory
 from common.paths import portable_path
+from common.sft_losses import answer_tokens_trainer_class, replay_kl_trainer_class
 
 logger = logging.getLogger(__name__)
 
@@ -43,10 +42,9 @@ def build_sft_trainer(model, tokenizer, args, train_dataset, eval_dataset=None, 
 
     With ``replay_kl_weight``, rows whose ``replay`` column is true are *distillation* rows: instead of the
     cross-entropy on their answer, they pull the fine-tuned model's next-token distribution towards the base
-    model's (see :func:`replay_kl_trainer_class`).
+    model's (see :func:`common.sft_losses.replay_kl_trainer_class`). Off a GPU, the loss projects only the answer
+    positions onto the vocabulary (:func:`common.sft_losses.answer_tokens_trainer_class`).
     """
-    from trl import SFTTrainer
-
     if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         raise ValueError("tokenizer.pad_token must differ from eos_token (use common.models.load_tokenizer)")
     if args.completion_only_loss is False:
@@ -61,119 +59,12 @@ def build_sft_trainer(model, tokenizer, args, train_dataset, eval_dataset=None, 
         callbacks=[*early_stopping_callbacks(args, early_stopping_patience), *(callbacks or [])],
     )
     if replay_kl_weight is None:
-        return SFTTrainer(**kwargs)
+        return answer_tokens_trainer_class()(**kwargs)
     if peft_config is None and not hasattr(model, "disable_adapter"):
         raise ValueError("replay_kl_weight needs LoRA (use_peft: true): the base model is the adapter switched off")
     if "replay" not in train_dataset.column_names:
         raise ValueError("replay_kl_weight needs a boolean 'replay' column in the training data")
     return replay_kl_trainer_class()(**kwargs, replay_kl_weight=replay_kl_weight)
-
-
-class _AddReplayFlag:
-    """Wraps a collator: adds the batch's ``replay`` flags (False for rows without the column)."""
-
-    def __init__(self, collator):
-        self.collator = collator
-
-    def __call__(self, examples: list[dict]) -> dict:
-        return {**self.collator(examples), "replay": torch.tensor([bool(e.get("replay", False)) for e in examples])}
-
-
-def replay_kl_trainer_class():
-    """``SFTTrainer`` whose replay rows are learned by distillation from the base model (anti-forgetting).
-
-    Loss of a batch = (cross-entropy summed over the answer tokens of the task rows
-    + ``replay_kl_weight`` x KL(base || fine-tuned) summed over the answer tokens of the replay rows)
-    / answer tokens in the batch.
-
-    The teacher is the same network with its LoRA adapter switched off, so it costs no memory, and the KL
-    is zero at the start of training (LoRA starts as the identity): the replay rows only push back as far
-    as the task rows pull the model away from its base behaviour ("learning without forgetting"). Unlike
-    cross-entropy on the base model's sampled answers, the full distribution is matched, so the answer
-    style (length, when to stop) is not changed either.
-    """
-    from trl import SFTTrainer
-
-    class ReplayKLSFTTrainer(SFTTrainer):
-        def __init__(self, *args, replay_kl_weight: float = 1.0, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.replay_kl_weight = replay_kl_weight
-            self._teacher_cache: dict[bytes, torch.Tensor] = {}
-            self.data_collator = _AddReplayFlag(self.data_collator)
-
-        def _teacher_log_probs(self, model, input_ids, attention_mask, keep) -> torch.Tensor:
-            """The base model's log-probabilities at the ``keep`` positions, flattened row by row.
-
-            Each replay row's are computed once (adapter off, no gradient) and kept in memory in fp16 for the
-            next epochs: answer tokens x vocabulary x 2 bytes (the chatbot's 120 rows: ~2,500 tokens, ~230 MiB).
-            """
-            keys = [ids[mask.bool()].cpu().numpy().tobytes() for ids, mask in zip(input_ids, attention_mask)]
-            missing = [i for i, k in enumerate(keys) if k not in self._teacher_cache]
-            if missing:
-                base = self.accelerator.unwrap_model(model)  # no gradient: no need to go through DDP
-                with torch.no_grad(), base.disable_adapter():
-                    logits = base(input_ids=input_ids[missing], attention_mask=attention_mask[missing],
-                                  use_cache=False, logits_to_keep=keep[missing]).logits.flatten(0, -2)
-                per_row = logits.float().log_softmax(-1).split(keep[missing].sum(1).tolist())
-                for i, lp in zip(missing, per_row):
-                    self._teacher_cache[keys[i]] = lp.half()
-            return torch.cat([self._teacher_cache[k] for k in keys]).float()
-
-        def _set_signature_columns_if_needed(self):
-            super()._set_signature_columns_if_needed()
-            if "replay" not in self._signature_columns:
-                self._signature_columns = [*self._signature_columns, "replay"]
-
-        def _count_replay_tokens(self, attention_mask: torch.Tensor | None) -> None:
-            """Trained-token count of the replay rows (0 without any); every rank calls it once per step, since
-            the count is gathered across processes and a collective must be called by all ranks alike."""
-            if attention_mask is None:
-                attention_mask = torch.zeros((), dtype=torch.long, device=self.args.device)
-            self._total_train_tokens += int(self.accelerator.gather_for_metrics(attention_mask.sum()).sum())
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            replay = inputs.pop("replay", None)
-            if replay is None or not replay.any():
-                loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-                if replay is not None and model.training:
-                    self._count_replay_tokens(None)
-                return loss
-            if return_outputs:
-                raise NotImplementedError("replay rows are training rows; evaluation data has none")
-            replay = replay.to(inputs["input_ids"].device)
-            n_items = num_items_in_batch
-            if n_items is None:
-                n_items = (inputs["labels"][:, 1:] != -100).sum()
-            task, task_inputs = ~replay, inputs
-            if not task.any() and self.accelerator.num_processes > 1:
-                # A batch of replay rows only: the task loss still runs (on one row whose labels are all ignored,
-                # so it adds 0) because it gathers metrics across processes, which every rank must do alike.
-                task = torch.arange(len(task), device=task.device) == 0
-                task_inputs = {**inputs, "labels": torch.full_like(inputs["labels"], -100)}
-            loss = torch.zeros((), device=inputs["input_ids"].device)
-            if task.any():
-                loss = super().compute_loss(model, {k: v[task] if torch.is_tensor(v) and v.dim() and
-                                                    v.shape[0] == len(task) else v for k, v in task_inputs.items()},
-                                            num_items_in_batch=n_items)
-            rows = {k: inputs[k][replay] for k in ("input_ids", "attention_mask")}
-            # Logits only where an answer token is predicted (position t predicts token t+1): the vocabulary
-            # projection is a large share of a small model's compute.
-            keep = torch.zeros_like(rows["input_ids"], dtype=torch.bool)
-            keep[:, :-1] = inputs["labels"][replay][:, 1:] != -100
-            teacher = self._teacher_log_probs(model, rows["input_ids"], rows["attention_mask"], keep)
-            # Past the DDP wrapper: one wrapped forward per step on every process whatever the batch holds (the
-            # wrapper syncs buffers at each forward, a collective); the gradients still reach DDP's hooks.
-            student = self.accelerator.unwrap_model(model)(**rows, use_cache=False, logits_to_keep=keep)
-            student = student.logits.flatten(0, -2).float().log_softmax(-1)
-            kl = F.kl_div(student, teacher, log_target=True, reduction="sum")  # KL(teacher || student)
-            self._metrics["train"]["replay_kl"].append(kl.item() / max(int(keep.sum()), 1))
-            self._count_replay_tokens(rows["attention_mask"])
-            kl_loss = self.replay_kl_weight * kl / torch.as_tensor(n_items, device=kl.device).clamp(min=1)
-            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-                kl_loss = kl_loss * self.accelerator.num_processes  # as SFTTrainer scales its own loss
-            return loss + kl_loss
-
-    return ReplayKLSFTTrainer
 
 
 def checkpoint_problem(folder: str | Path) -> str | None:

@@ -149,6 +149,42 @@ def test_trl_private_attributes_the_cookbook_relies_on_still_exist(tmp_path):
     assert isinstance(trainer._total_train_tokens, int)  # the tokens TRL counts (logged as num_tokens)
 
 
+def test_cpu_loss_projects_only_answer_positions_and_equals_trls_loss(tmp_path):
+    """Off a GPU the training loss projects only the positions that predict an answer token onto the vocabulary
+    (TRL projects every position there, twice): same loss, same gradients, same logged metrics as TRL's path."""
+    from trl import SFTTrainer
+
+    model_args = ModelArguments(model_name_or_path=TINY_TEXT_ALIAS, lora_r=8, lora_alpha=16, lora_dropout=0.0)
+    trainer = build_sft_trainer(load_causal_lm(model_args), load_tokenizer(TINY_TEXT_ALIAS),
+                                _args(tmp_path, max_steps=1), _dataset(), peft_config=get_peft_config(model_args))
+    batch = next(iter(trainer.get_train_dataloader()))
+    model = trainer.model
+    model.train()
+    rows_projected = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda m, i, o: rows_projected.append(i[0].shape))
+    n_answer = int((batch["labels"][:, 1:] != -100).sum())
+
+    def loss_and_grads(compute_loss):
+        model.zero_grad()
+        trainer._metrics["train"].clear()
+        trainer._total_train_tokens = 0
+        loss = compute_loss(trainer, model, dict(batch), num_items_in_batch=torch.tensor(n_answer))
+        loss.backward()
+        metrics = {k: v[-1] for k, v in trainer._metrics["train"].items()}
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}, metrics
+
+    ours, ours_grads, ours_metrics = loss_and_grads(type(trainer).compute_loss)
+    assert rows_projected[-1][:-1].numel() == n_answer < batch["input_ids"].numel()
+    trl, trl_grads, trl_metrics = loss_and_grads(SFTTrainer.compute_loss)
+    hook.remove()
+    torch.testing.assert_close(ours, trl, rtol=1e-5, atol=1e-6)
+    for name, grad in trl_grads.items():
+        torch.testing.assert_close(ours_grads[name], grad, rtol=1e-4, atol=1e-7, msg=lambda m, name=name: f"{name}: {m}")
+    assert ours_metrics["num_tokens"] == trl_metrics["num_tokens"] == int(batch["attention_mask"].sum())
+    for key in ("entropy", "mean_token_accuracy"):
+        assert ours_metrics[key] == pytest.approx(trl_metrics[key], rel=1e-4), key
+
+
 def test_qlora_export_merges_into_the_unquantized_base(tmp_path):
     """A QLoRA base (k-bit weights) is not merged into: the adapter goes onto the base reloaded unquantized, and
     the exported model equals that base + adapter. Quantization is simulated: the in-memory base weights are
