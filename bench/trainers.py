@@ -11,7 +11,8 @@ its own process one after the other (nothing else should run meanwhile) so that 
   (a) ``trl_default``: TRL ``SFTTrainer`` with ``SFTConfig``'s defaults as its docs show them (its default
       precision and gradient checkpointing; ``use_cpu=True``, which TRL needs on a CPU);
   (b) ``trl_fp32``: the same with fp32 and no gradient checkpointing;
-  (c) ``cookbook``: ``common.train.build_sft_trainer`` with the hardware policy's precision;
+  (c) ``cookbook``: ``common.train.build_sft_trainer`` with the hardware policy's precision (on a CPU its loss
+      projects only the answer positions onto the vocabulary: ``common.sft_losses``);
   (c') ``cookbook_dropout0``: the same with ``lora_dropout=0`` -- one speed lever: PEFT then skips the dropout of
        every LoRA module's input (a full-size copy of the activations per module and step);
   (c'') ``cookbook_compiled``: (c') with ``torch_compile=True`` (the Trainer compiles the model with
@@ -33,7 +34,9 @@ to the activations (2·N) that back-propagation needs through the frozen weights
 gradient and the LoRA matrices are ~3% of N. N = the model's matmul parameters (all but the input embedding; the
 tied LM head counts once), padding tokens excluded. With LoRA on the top layers only (c'''), the activation
 gradients stop at the lowest adapted layer: 2·N + 2·N_above per token, N_above = the matmul parameters from that
-layer up (LM head included).
+layer up (LM head included). These are *model* FLOPs, as in MFU: work a case skips (the cookbook's loss projects
+only the answer positions onto the vocabulary) or repeats (TRL's CPU loss projects every position twice,
+checkpointing recomputes the forward) does not change the count, only the time.
 """
 
 from __future__ import annotations
@@ -263,7 +266,8 @@ def main(argv: list[str] | None = None) -> dict:
         "cookbook_vs_trl_default": round(c["cookbook"]["tokens_per_s"] / c["trl_default"]["tokens_per_s"], 2),
         "cookbook_vs_trl_fp32": round(c["cookbook"]["tokens_per_s"] / c["trl_fp32"]["tokens_per_s"], 2),
         "vision_vs_plain": round(c["cookbook_vision"]["images_per_s"] / c["plain_vision"]["images_per_s"], 2),
-        "lora_dropout0_vs_cookbook": round(c["cookbook_dropout0"]["tokens_per_s"] / c["cookbook"]["tokens_per_s"], 2)}
+        "lora_dropout0_vs_cookbook": round(c["cookbook_dropout0"]["tokens_per_s"] / c["cookbook"]["tokens_per_s"], 2),
+        "cookbook_dropout0_vs_trl_fp32": round(c["cookbook_dropout0"]["tokens_per_s"] / c["trl_fp32"]["tokens_per_s"], 2)}
     for case in [t for t in TEXT_CASES if t in c]:
         peak = report["matmul_peak_gflops"][c[case]["precision"] if c[case]["precision"] != "fp16" else "fp32"]
         c[case]["share_of_matmul_peak"] = round(c[case]["achieved_gflops"] / peak, 3)

@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from common.hardware import check_training_precision, precision_defaults
+from common.sft_losses import score_answer_positions_only
 from common.train import early_stopping_callbacks
 
 logger = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ def build_dpo_trainer(model, tokenizer, args, train_dataset, eval_dataset=None, 
                          "the reference is the SFT model, not the base model")
     if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         raise ValueError("tokenizer.pad_token must differ from eos_token (use common.models.load_tokenizer)")
+    score_answer_positions_only()  # on a CPU, log-probabilities of the answer tokens only (common.sft_losses)
     return DPOTrainer(model=model, ref_model=None, args=args, train_dataset=train_dataset,
                       eval_dataset=eval_dataset, processing_class=tokenizer, peft_config=peft_config,
                       callbacks=[*early_stopping_callbacks(args, early_stopping_patience), *(callbacks or [])])

@@ -6,6 +6,8 @@
   For a 135M model with a 49,152-word vocabulary that projection is about a fifth of the model's matmul work
   (docs/benchmarks.md). Same loss, same normalization, same logged metrics; on GPUs TRL's own path is kept.
 - :func:`replay_kl_trainer_class`: replay rows are learned by distillation from the base model (anti-forgetting).
+- :func:`score_answer_positions_only`: the same saving for the trainers that read log-probabilities through TRL's
+  fused LM head (``DPOTrainer``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,29 @@ def answer_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     keep = torch.zeros_like(labels, dtype=torch.bool)
     keep[:, :-1] = labels[:, 1:] != -100
     return keep, labels[:, 1:][keep[:, :-1]]
+
+
+def score_answer_positions_only() -> None:
+    """Make TRL's fused LM head project only the labelled positions off Triton devices too (idempotent).
+
+    TRL chooses between scoring the labelled positions only ("compact") and scoring every position with one
+    private helper, ``trl.trainer.utils._use_triton``: compact on CUDA/XPU, every position elsewhere -- which keeps
+    shapes static for XLA compilers, but on a CPU means projecting prompt and padding tokens onto the vocabulary,
+    forward and again backward. TRL has no public switch, so the helper is wrapped to answer "compact" on a CPU as
+    well; the per-token log-probabilities are the same (tests/test_sft.py checks them and fails if an upgrade
+    renames the helper). The Triton kernels themselves are chosen by their own module and are not touched.
+    """
+    import trl.trainer.utils as trl_utils
+
+    original = trl_utils._use_triton
+    if getattr(original, "compact_on_cpu", False):
+        return
+
+    def use_compact(device: torch.device) -> bool:
+        return device.type == "cpu" or original(device)
+
+    use_compact.compact_on_cpu = True
+    trl_utils._use_triton = use_compact
 
 
 def answer_tokens_trainer_class():

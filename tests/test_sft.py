@@ -185,6 +185,46 @@ def test_cpu_loss_projects_only_answer_positions_and_equals_trls_loss(tmp_path):
         assert ours_metrics[key] == pytest.approx(trl_metrics[key], rel=1e-4), key
 
 
+def test_trls_fused_head_scores_only_answer_positions_on_a_cpu_with_the_same_log_probs(monkeypatch):
+    """DPO reads log-probabilities through TRL's fused LM head, which on a CPU projects every position;
+    ``score_answer_positions_only`` makes it project the labelled ones only: same values and gradients."""
+    import trl.trainer.utils as trl_utils
+    from trl.trainer.utils import add_fused_lm_head
+
+    from common.sft_losses import score_answer_positions_only
+
+    monkeypatch.setattr(trl_utils, "_use_triton", trl_utils._use_triton)  # restored after the test
+    projected = []
+    chunked = trl_utils._ChunkedLogProbFunction
+
+    class Spy:
+        @staticmethod
+        def apply(hidden, *args):
+            projected.append(hidden.shape[0])
+            return chunked.apply(hidden, *args)
+
+    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", Spy)
+    model = load_causal_lm(ModelArguments(model_name_or_path=TINY_TEXT_ALIAS))
+    add_fused_lm_head(model)
+    ids = torch.randint(5, 1000, (2, 12))
+    labels = ids.masked_fill(torch.arange(12) < 8, -100)  # the last 4 tokens of each row are the answer
+
+    def log_probs_and_grad():
+        model.zero_grad()
+        out = model(input_ids=ids, labels=labels, fused_lm_head=True).log_probs
+        out.sum().backward()
+        return out.detach(), model.model.layers[-1].mlp.down_proj.weight.grad.clone()
+
+    every, every_grad = log_probs_and_grad()
+    score_answer_positions_only()
+    score_answer_positions_only()  # idempotent
+    compact, compact_grad = log_probs_and_grad()
+    assert projected == [2 * 11, 2 * 4]  # every shifted position, then the answer tokens only
+    torch.testing.assert_close(compact, every, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(compact_grad, every_grad, rtol=1e-4, atol=1e-8)
+    assert (every[:, :7] == 0).all() and (every[:, 7:] < 0).all()
+
+
 def test_qlora_export_merges_into_the_unquantized_base(tmp_path):
     """A QLoRA base (k-bit weights) is not merged into: the adapter goes onto the base reloaded unquantized, and
     the exported model equals that base + adapter. Quantization is simulated: the in-memory base weights are
