@@ -21,6 +21,8 @@ its own process one after the other (nothing else should run meanwhile) so that 
   (c''') ``cookbook_top_layers``: (c') with LoRA on the last ``--lora_layers`` transformer layers only (default 15
        of 30): back-propagation then stops at the lowest adapted layer (a lever on the work, not the kernels; run
        alone: ``python bench/trainers.py --case cookbook_top_layers --lora_layers 15``);
+  (c'''') ``cookbook_grouped``: (c') with batches of rows of similar length (``train_sampling_strategy:
+       group_by_length``, the Trainer's ``LengthGroupedSampler``): less padding, other batches (run alone);
 - vision (EfficientNet-Lite0, embedded; the defects recipe's generated images at 128 px; full fine-tune; batch 32):
   (d) ``plain_vision``: a plain timm + PyTorch loop (AdamW, DataLoader defaults), fp32;
   (e) ``cookbook_vision``: ``common.vision.build_trainer`` (HF Trainer) with the policy's precision.
@@ -54,7 +56,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-TEXT_CASES = ("trl_default", "trl_fp32", "cookbook", "cookbook_dropout0", "cookbook_compiled", "cookbook_top_layers")
+TEXT_CASES = ("trl_default", "trl_fp32", "cookbook", "cookbook_dropout0", "cookbook_compiled", "cookbook_top_layers",
+              "cookbook_grouped")
 VISION_CASES = ("plain_vision", "cookbook_vision")
 WARMUP_STEPS = {"cookbook_compiled": 3}  # beyond the first step: recompilations for new sequence lengths
 
@@ -117,7 +120,8 @@ def run_text(case: str, steps: int, batch: int = 8, lora_layers: int = 15) -> di
                          activation_checkpointing=False)
     else:
         args = SFTConfig(**common, **precision_defaults(), activation_checkpointing=False,
-                         torch_compile=case == "cookbook_compiled")
+                         torch_compile=case == "cookbook_compiled",
+                         train_sampling_strategy="group_by_length" if case == "cookbook_grouped" else "random")
     tokenizer = load_tokenizer("smollm2-135m-instruct")
     timer = _step_timer()
     if case.startswith("cookbook"):
@@ -251,7 +255,8 @@ def main(argv: list[str] | None = None) -> dict:
                     "vision_steps": args.vision_steps,
                     "matmul_peak_gflops": {"fp32": matmul_peak_gflops(torch.float32),
                                            "bf16": matmul_peak_gflops(torch.bfloat16)}, "cases": {}}
-    for case in [c for c in TEXT_CASES + VISION_CASES if c not in ("cookbook_compiled", "cookbook_top_layers")]:
+    for case in [c for c in TEXT_CASES + VISION_CASES
+                 if c not in ("cookbook_compiled", "cookbook_top_layers", "cookbook_grouped")]:
         print(f"== {case}", flush=True)
         start = time.perf_counter()
         proc = subprocess.run([sys.executable, __file__, "--case", case, "--text_steps", str(args.text_steps),
