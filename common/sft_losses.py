@@ -1,4 +1,4 @@
-"""The SFT losses of the cookbook's text trainers: TRL's ``SFTTrainer`` with two changes of *where work goes*.
+"""The losses of the cookbook's text trainers (TRL's ``SFTTrainer`` and ``DPOTrainer``), and where their work goes.
 
 - :func:`answer_tokens_trainer_class`: on a CPU, the cross-entropy projects only the positions that predict an
   answer token onto the vocabulary. TRL's fused LM head does that on Triton devices (CUDA, XPU); elsewhere it
@@ -12,8 +12,12 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
 
 
 def answer_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,12 +35,15 @@ def score_answer_positions_only() -> None:
     private helper, ``trl.trainer.utils._use_triton``: compact on CUDA/XPU, every position elsewhere -- which keeps
     shapes static for XLA compilers, but on a CPU means projecting prompt and padding tokens onto the vocabulary,
     forward and again backward. TRL has no public switch, so the helper is wrapped to answer "compact" on a CPU as
-    well; the per-token log-probabilities are the same (tests/test_sft.py checks them and fails if an upgrade
-    renames the helper). The Triton kernels themselves are chosen by their own module and are not touched.
+    well; the per-token log-probabilities are the same (tests/test_sft.py checks them, and fails if an upgrade
+    renames the helper -- which then only costs speed: a warning, and TRL's own path). The Triton kernels themselves are chosen by their own module and are not touched.
     """
     import trl.trainer.utils as trl_utils
 
-    original = trl_utils._use_triton
+    original = getattr(trl_utils, "_use_triton", None)
+    if original is None:  # a TRL that reorganized its fused head: keep its own behaviour
+        logger.warning("trl.trainer.utils._use_triton not found: DPO scores every position on this device (slower)")
+        return
     if getattr(original, "compact_on_cpu", False):
         return
 
@@ -56,7 +63,8 @@ def answer_tokens_trainer_class():
             """The plain next-token loss of a training batch on a CPU (anything else: TRL's own path)."""
             return (not return_outputs and self.model.training and "labels" in inputs and "attention_mask" in inputs
                     and inputs["input_ids"].device.type not in ("cuda", "xpu") and self.compute_loss_func is None
-                    and self.label_smoother is None and self.args.loss_type == "nll" and not self.aux_loss_enabled)
+                    and self.label_smoother is None and getattr(self.args, "loss_type", "nll") == "nll"
+                    and not getattr(self, "aux_loss_enabled", False))
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if not self._answer_tokens_only(inputs, return_outputs):
