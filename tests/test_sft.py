@@ -189,11 +189,13 @@ def test_trls_fused_head_scores_only_answer_positions_on_a_cpu_with_the_same_log
     """DPO reads log-probabilities through TRL's fused LM head, which on a CPU projects every position;
     ``score_answer_positions_only`` makes it project the labelled ones only: same values and gradients."""
     import trl.trainer.utils as trl_utils
+    from trl.kernels.chunked_logprob import _use_triton
     from trl.trainer.utils import add_fused_lm_head
 
     from common.sft_losses import score_answer_positions_only
 
-    monkeypatch.setattr(trl_utils, "_use_triton", trl_utils._use_triton)  # restored after the test
+    # TRL's own device check (a DPO trainer built earlier in this process may have wrapped it); restored afterwards
+    monkeypatch.setattr(trl_utils, "_use_triton", _use_triton)
     projected = []
     chunked = trl_utils._ChunkedLogProbFunction
 
