@@ -36,7 +36,8 @@ def score_answer_positions_only() -> None:
     shapes static for XLA compilers, but on a CPU means projecting prompt and padding tokens onto the vocabulary,
     forward and again backward. TRL has no public switch, so the helper is wrapped to answer "compact" on a CPU as
     well; the per-token log-probabilities are the same (tests/test_sft.py checks them, and fails if an upgrade
-    renames the helper -- which then only costs speed: a warning, and TRL's own path). The Triton kernels themselves are chosen by their own module and are not touched.
+    renames the helper -- which then only costs speed: a warning, and TRL's own path). The Triton kernels
+    themselves are chosen by their own module and are not touched.
     """
     import trl.trainer.utils as trl_utils
 
