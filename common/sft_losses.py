@@ -28,6 +28,41 @@ def answer_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return keep, labels[:, 1:][keep[:, :-1]]
 
 
+def shared_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor) -> int:
+    """How many leading tokens every row of a batch has in common -- the system prompt and the chat template's
+    headers -- up to the first position that predicts an answer token (``keep``); 0 for a batch of one row."""
+    if len(input_ids) < 2 or not keep.any():
+        return 0
+    same = ((input_ids == input_ids[:1]) & (attention_mask == 1)).all(0)
+    first_answer = int(keep[keep.any(1)].int().argmax(1).min())
+    return min(int(same.int().cumprod(0).sum()), first_answer)
+
+
+def answer_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor,
+                  prefix_model=None) -> torch.Tensor:
+    """The logits at the ``keep`` positions (``[kept, vocab]``, row by row), with the prefix every row shares
+    computed once for the batch instead of once per row.
+
+    Every row of a chat batch starts with the same system prompt and template headers (the chatbot: 16 of ~60
+    tokens). They run through the model once, as one row; their keys and values (a transformers cache, with
+    gradients) are repeated for every row, and the rest of the batch attends to them -- exactly the causal
+    attention of the full rows, so the loss and the gradients are the same (tests/test_sft.py), for a quarter less
+    work on the chatbot's batches. ``prefix_model`` runs the prefix (the model unwrapped from DDP: one wrapped
+    forward per step on every process, whether a batch shares a prefix or not). Right-padded batches only: with
+    left padding the rows do not start alike, and nothing is shared.
+    """
+    prefix = shared_prefix_length(input_ids, attention_mask, keep)
+    if prefix == 0:
+        return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=keep).logits
+    shared = (prefix_model or model)(input_ids=input_ids[:1, :prefix], attention_mask=attention_mask[:1, :prefix],
+                                     use_cache=True)
+    name = "cache" if "cache" in shared else "past_key_values"  # transformers >= 5.24 calls it "cache"
+    cache = shared[name]
+    cache.batch_repeat_interleave(len(input_ids))
+    return model(input_ids=input_ids[:, prefix:], attention_mask=attention_mask, use_cache=False,
+                 logits_to_keep=keep[:, prefix:], **{name: cache}).logits
+
+
 def score_answer_positions_only() -> None:
     """Make TRL's fused LM head project only the labelled positions off Triton devices too (idempotent).
 
@@ -71,8 +106,8 @@ def answer_tokens_trainer_class():
             if not self._answer_tokens_only(inputs, return_outputs):
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             keep, targets = answer_positions(inputs["labels"])
-            logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False,
-                           logits_to_keep=keep).logits
+            logits = answer_logits(model, inputs["input_ids"], inputs["attention_mask"], keep,
+                                   prefix_model=self.accelerator.unwrap_model(model))
             log_probs = logits.float().log_softmax(-1)
             n_items = targets.numel() if num_items_in_batch is None else num_items_in_batch
             loss = -log_probs.gather(-1, targets.unsqueeze(-1)).sum() / torch.as_tensor(n_items).clamp(min=1)
@@ -185,8 +220,8 @@ def replay_kl_trainer_class():
             teacher = self._teacher_log_probs(model, rows["input_ids"], rows["attention_mask"], keep)
             # Past the DDP wrapper: one wrapped forward per step on every process whatever the batch holds (the
             # wrapper syncs buffers at each forward, a collective); the gradients still reach DDP's hooks.
-            student = self.accelerator.unwrap_model(model)(**rows, use_cache=False, logits_to_keep=keep)
-            student = student.logits.flatten(0, -2).float().log_softmax(-1)
+            student = answer_logits(self.accelerator.unwrap_model(model), rows["input_ids"], rows["attention_mask"],
+                                    keep).flatten(0, -2).float().log_softmax(-1)
             kl = F.kl_div(student, teacher, log_target=True, reduction="sum")  # KL(teacher || student)
             self._metrics["train"]["replay_kl"].append(kl.item() / max(int(keep.sum()), 1))
             self._count_replay_tokens(rows["attention_mask"])

@@ -210,6 +210,23 @@ def test_the_gate_is_fixed_on_validation_and_declines_within_its_budget(chatbot_
     assert scoring.choose_gate(sure, splits, gate, 0.10)["threshold"] is None
 
 
+def test_the_threshold_search_declines_the_most_unanswerable_questions_within_the_budget(chatbot_train):
+    most_declined = chatbot_train.scoring.most_declined
+    answerable, unanswerable = [-0.1, -0.2, -3.0, -4.0], [-5.0, -3.5, -3.2, -2.5, -0.15]
+    # low scores declined (strictly below): -4.0 declines no answerable question and -5.0 (gain 1); -3.0 declines
+    # -4.0 and -5.0, -3.5, -3.2 (gain 2); -0.2 declines 2 answerable and 4 unanswerable (gain 2, not more): the
+    # first, stricter one is kept
+    assert most_declined(answerable, unanswerable, budget=2) == (-3.0, 2)
+    assert most_declined(answerable, unanswerable, budget=0) == (-4.0, 1)
+    assert most_declined(answerable, [-0.05], budget=3) == (None, 0)  # nothing to gain: no threshold
+    # high scores declined (a probability of "invented"), at or above the threshold
+    p_answerable, p_unanswerable = [0.1, 0.2, 0.6, 0.9], [0.95, 0.7, 0.65, 0.3]
+    threshold, gain = most_declined(p_answerable, p_unanswerable, budget=1, high=True)
+    assert threshold == pytest.approx(0.6) and threshold > 0.6 and gain == 2  # declines 0.9; 0.95, 0.7, 0.65
+    threshold, gain = most_declined(p_answerable, p_unanswerable, budget=0, high=True)
+    assert 0.9 < threshold < 0.95 and gain == 1
+
+
 def test_failing_answers_are_redrawn_and_the_most_frequent_passing_one_kept(chatbot_train, monkeypatch):
     scoring = chatbot_train.scoring
     asked = []

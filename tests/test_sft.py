@@ -185,6 +185,58 @@ def test_cpu_loss_projects_only_answer_positions_and_equals_trls_loss(tmp_path):
         assert ours_metrics[key] == pytest.approx(trl_metrics[key], rel=1e-4), key
 
 
+def test_the_prefix_every_row_shares_runs_once_with_the_same_loss_and_gradients(tmp_path, monkeypatch):
+    """The system prompt and template headers every row starts with run through the model once per batch, not
+    once per row; the loss and the LoRA gradients are those of the full rows."""
+    import common.sft_losses as sft_losses
+
+    model_args = ModelArguments(model_name_or_path=TINY_TEXT_ALIAS, lora_r=8, lora_alpha=16, lora_dropout=0.0)
+    trainer = build_sft_trainer(load_causal_lm(model_args), load_tokenizer(TINY_TEXT_ALIAS),
+                                _args(tmp_path, max_steps=1), _dataset(), peft_config=get_peft_config(model_args))
+    batch = next(iter(trainer.get_train_dataloader()))
+    model = trainer.model
+    model.train()
+    rows, length = batch["input_ids"].shape
+    keep, _ = sft_losses.answer_positions(batch["labels"])
+    prefix = sft_losses.shared_prefix_length(batch["input_ids"], batch["attention_mask"], keep)
+    assert 0 < prefix <= int(keep.int().argmax(1).min())  # "Support bot." and the headers, not the questions
+    embedded = []
+    hook = model.get_input_embeddings().register_forward_hook(lambda m, i, o: embedded.append(i[0].numel()))
+
+    def loss_and_grads():
+        model.zero_grad()
+        embedded.clear()
+        loss = trainer.compute_loss(model, dict(batch))
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}, sum(embedded)
+
+    shared, shared_grads, shared_tokens = loss_and_grads()
+    monkeypatch.setattr(sft_losses, "shared_prefix_length", lambda *args: 0)
+    full, full_grads, full_tokens = loss_and_grads()
+    hook.remove()
+    assert full_tokens == rows * length and shared_tokens == prefix + rows * (length - prefix)
+    torch.testing.assert_close(shared, full, rtol=1e-5, atol=1e-6)
+    for name, grad in full_grads.items():
+        torch.testing.assert_close(shared_grads[name], grad, rtol=1e-4, atol=1e-7, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_shared_prefix_length_stops_at_the_first_difference_the_padding_and_the_answer():
+    from common.sft_losses import shared_prefix_length
+
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6], [1, 2, 3, 9, 5, 0], [1, 2, 3, 4, 7, 7]])
+    mask = torch.ones_like(ids)
+    keep = torch.zeros_like(ids, dtype=torch.bool)
+    keep[:, 4] = True  # position 4 predicts the first answer token
+    assert shared_prefix_length(ids, mask, keep) == 3  # the rows differ at position 3
+    assert shared_prefix_length(ids[[0, 2]], mask[[0, 2]], keep[[0, 2]]) == 4  # capped at the answer position
+    keep[:, 4], keep[:, 2] = False, True
+    assert shared_prefix_length(ids, mask, keep) == 2
+    assert shared_prefix_length(ids[:1], mask[:1], keep[:1]) == 0  # one row: nothing to share
+    assert shared_prefix_length(ids, mask, torch.zeros_like(keep)) == 0  # no answer token in the batch
+    mask[1, :] = torch.tensor([0, 1, 1, 1, 1, 1])  # a left-padded row: the rows do not start alike
+    assert shared_prefix_length(ids, mask, keep) == 0
+
+
 def test_trls_fused_head_scores_only_answer_positions_on_a_cpu_with_the_same_log_probs(monkeypatch):
     """DPO reads log-probabilities through TRL's fused LM head, which on a CPU projects every position;
     ``score_answer_positions_only`` makes it project the labelled ones only: same values and gradients."""

@@ -215,6 +215,20 @@ def redraw_all(model, tokenizer, result: dict, splits: dict, gate: dict, max_new
             for key, answers in result["answers"].items() if key in result["logprobs"]}
 
 
+def most_declined(answerable: list[float], unanswerable: list[float], budget: int,
+                  high: bool = False) -> tuple[float | None, int]:
+    """``(threshold, gain)``: the threshold on a score that declines the most ``unanswerable`` questions *more*
+    than ``answerable`` ones, declining at most ``budget`` answerable ones -- scores below it (``high``: at or
+    above it). ``(None, 0)`` when no threshold gains anything."""
+    threshold, best = None, 0
+    for j, t in enumerate(sorted(answerable, reverse=high)[:max(budget + 1, 0)]):  # t declines j answerable ones
+        t = t + 1e-9 if high else t
+        gain = sum(u >= t if high else u < t for u in unanswerable) - j
+        if gain > best:
+            threshold, best = t, gain
+    return threshold, best
+
+
 def choose_gate(tuned: dict, splits: dict, gate: dict, max_false_abstention: float) -> dict:
     """The confidence threshold of the gate, fixed on the validation split only.
 
@@ -233,13 +247,9 @@ def choose_gate(tuned: dict, splits: dict, gate: dict, max_false_abstention: flo
 
     valid, unanswerable = fixed("valid"), fixed("decline_valid")
     budget = math.floor(max_false_abstention * len(valid)) - sum(valid)
-    scores = sorted(confidence(lp) for lp, d in zip(tuned["logprobs"]["valid"], valid) if not d)
-    unsure = [confidence(lp) for lp, d in zip(tuned["logprobs"]["decline_valid"], unanswerable) if not d]
-    threshold, best = None, 0
-    for j, t in enumerate(scores[:max(budget + 1, 0)]):  # threshold scores[j] declines j answerable questions
-        gain = sum(c < t for c in unsure) - j
-        if gain > best:
-            threshold, best = t, gain
+    threshold, best = most_declined([confidence(lp) for lp, d in zip(tuned["logprobs"]["valid"], valid) if not d],
+                                    [confidence(lp) for lp, d in zip(tuned["logprobs"]["decline_valid"], unanswerable)
+                                     if not d], budget)
     return {**gate, "rule": "decline when the question names a word or figure the help center never uses, when "
                             "the answer does" + (" or shares no content word with the question" if gate["relevance"]
                                                  else "") + " and no re-drawn answer passes, or when the answer's "
