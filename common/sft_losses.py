@@ -28,6 +28,12 @@ def answer_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return keep, labels[:, 1:][keep[:, :-1]]
 
 
+# Running the shared prefix is one more pass through every layer, and on a 2-core CPU a pass over a few tokens costs
+# about as much as ~70 tokens of a batch (SmolLM2-135M with LoRA: 0.22 s for a 16-token prefix, 1.35 s for 8 rows of
+# 52 tokens): share only when the rows after the first skip at least this many tokens between them.
+MIN_SAVED_TOKENS = 64
+
+
 def shared_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor) -> int:
     """How many leading tokens every row of a batch has in common -- the system prompt and the chat template's
     headers -- up to the first position that predicts an answer token (``keep``); 0 for a batch of one row."""
@@ -43,21 +49,24 @@ def answer_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     """The logits at the ``keep`` positions (``[kept, vocab]``, row by row), with the prefix every row shares
     computed once for the batch instead of once per row.
 
-    Every row of a chat batch starts with the same system prompt and template headers (the chatbot: 16 of ~60
+    Every row of a chat batch starts with the same system prompt and template headers (the chatbot: 16 of ~55
     tokens). They run through the model once, as one row; their keys and values (a transformers cache, with
-    gradients) are repeated for every row, and the rest of the batch attends to them -- exactly the causal
-    attention of the full rows, so the loss and the gradients are the same (tests/test_sft.py), for a quarter less
-    work on the chatbot's batches. ``prefix_model`` runs the prefix (the model unwrapped from DDP: one wrapped
-    forward per step on every process, whether a batch shares a prefix or not). Right-padded batches only: with
-    left padding the rows do not start alike, and nothing is shared.
+    gradients) are repeated for every row, and the rest of the batch attends to them: the causal attention of the
+    full rows, so the loss and the gradients are the same (tests/test_sft.py), over a quarter fewer token positions
+    on the chatbot's batches (~7% less time a step, docs/benchmarks.md). Only where that saves more than the extra
+    pass costs (:data:`MIN_SAVED_TOKENS`). ``prefix_model`` runs the prefix (the model unwrapped from DDP: one
+    wrapped forward per step on every process, whether a batch shares a prefix or not). Right-padded batches only:
+    with left padding the rows do not start alike, and nothing is shared.
     """
     prefix = shared_prefix_length(input_ids, attention_mask, keep)
-    if prefix == 0:
+    if prefix == 0 or (len(input_ids) - 1) * prefix < MIN_SAVED_TOKENS:
         return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=keep).logits
     shared = (prefix_model or model)(input_ids=input_ids[:1, :prefix], attention_mask=attention_mask[:1, :prefix],
                                      use_cache=True)
     name = "cache" if "cache" in shared else "past_key_values"  # transformers >= 5.24 calls it "cache"
-    cache = shared[name]
+    cache = shared.get(name)
+    if cache is None:  # no cache while training (activation checkpointing): the full rows after all
+        return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=keep).logits
     cache.batch_repeat_interleave(len(input_ids))
     return model(input_ids=input_ids[:, prefix:], attention_mask=attention_mask, use_cache=False,
                  logits_to_keep=keep[:, prefix:], **{name: cache}).logits

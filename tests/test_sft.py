@@ -210,14 +210,27 @@ def test_the_prefix_every_row_shares_runs_once_with_the_same_loss_and_gradients(
         loss.backward()
         return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}, sum(embedded)
 
+    assert (rows - 1) * prefix < sft_losses.MIN_SAVED_TOKENS  # too short to pay on this tiny batch: not shared
+    loss_and_grads()
+    assert sum(embedded) == rows * length
+    monkeypatch.setattr(sft_losses, "MIN_SAVED_TOKENS", 0)
     shared, shared_grads, shared_tokens = loss_and_grads()
     monkeypatch.setattr(sft_losses, "shared_prefix_length", lambda *args: 0)
     full, full_grads, full_tokens = loss_and_grads()
-    hook.remove()
     assert full_tokens == rows * length and shared_tokens == prefix + rows * (length - prefix)
     torch.testing.assert_close(shared, full, rtol=1e-5, atol=1e-6)
     for name, grad in full_grads.items():
         torch.testing.assert_close(shared_grads[name], grad, rtol=1e-4, atol=1e-7, msg=lambda m, name=name: f"{name}: {m}")
+    # with activation checkpointing the model keeps no cache while training: the full rows, the same loss
+    monkeypatch.setattr(sft_losses, "shared_prefix_length", lambda *args: prefix)
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.24
+        model.activation_checkpointing_enable({"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable({"use_reentrant": False})
+    checkpointed, _, checkpointed_tokens = loss_and_grads()
+    hook.remove()
+    assert checkpointed_tokens == prefix + rows * length  # the prefix pass, then the full rows
+    torch.testing.assert_close(checkpointed, full, rtol=1e-5, atol=1e-6)
 
 
 def test_shared_prefix_length_stops_at_the_first_difference_the_padding_and_the_answer():
