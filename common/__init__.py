@@ -7,7 +7,8 @@ One job per module:
 - :mod:`common.models`   -- resolve (embedded alias, path, hub id) and load models; LoRA / QLoRA.
 - :mod:`common.data`     -- load and validate datasets before any training starts.
 - :mod:`common.train`    -- build TRL / HF trainers with the policy, early stopping, resume, logging.
-- :mod:`common.sft_losses` -- the text trainers' losses: answer positions only on a CPU, replay KL.
+- :mod:`common.sft_losses` -- the text trainers' losses: answer positions only and the shared prefix once per batch
+  on a CPU, replay KL.
 - :mod:`common.evaluation` -- metrics and generation-based evaluation (before -> after).
 - :mod:`common.report`   -- report.json, REPORT.md and PNG plots for every run.
 - :mod:`common.export`   -- merge LoRA into the base weights, check parity, save safetensors + model card.

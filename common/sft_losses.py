@@ -5,6 +5,8 @@
   projects every position -- prompt and padding included -- and projects them all again in the backward pass.
   For a 135M model with a 49,152-word vocabulary that projection is about a fifth of the model's matmul work
   (docs/benchmarks.md). Same loss, same normalization, same logged metrics; on GPUs TRL's own path is kept.
+- :func:`answer_logits`: on the same CPU path, the prefix every row of a batch starts with (system prompt, template
+  headers) runs once per batch, not once per row; the rest of the rows attend to its cached keys and values.
 - :func:`replay_kl_trainer_class`: replay rows are learned by distillation from the base model (anti-forgetting).
 - :func:`score_answer_positions_only`: the same saving for the trainers that read log-probabilities through TRL's
   fused LM head (``DPOTrainer``).
