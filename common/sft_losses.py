@@ -31,9 +31,9 @@ def answer_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # Running the shared prefix is one more pass through every layer, and on a 2-core CPU a pass over a few tokens costs
-# about as much as ~70 tokens of a batch (SmolLM2-135M with LoRA: 0.22 s for a 16-token prefix, 1.35 s for 8 rows of
-# 52 tokens): share only when the rows after the first skip at least this many tokens between them.
-MIN_SAVED_TOKENS = 64
+# about as much as ~75 tokens of a batch (SmolLM2-135M with LoRA: 0.19 s for a 16-token prefix, 1.11 s for 8 rows of
+# 54 tokens; bench/shared_prefix.py): share only when the rows after the first skip at least this many tokens.
+MIN_SAVED_TOKENS = 96
 
 
 def shared_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor) -> int:
@@ -55,8 +55,8 @@ def answer_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     tokens). They run through the model once, as one row; their keys and values (a transformers cache, with
     gradients) are repeated for every row, and the rest of the batch attends to them: the causal attention of the
     full rows, so the loss and the gradients are the same (tests/test_sft.py), over a quarter fewer token positions
-    on the chatbot's batches (~7% less time a step, docs/benchmarks.md). Only where that saves more than the extra
-    pass costs (:data:`MIN_SAVED_TOKENS`). ``prefix_model`` runs the prefix (the model unwrapped from DDP: one
+    for 8 of the chatbot's rows (~7% less time a step, docs/benchmarks.md). Only where that saves more than the
+    extra pass costs (:data:`MIN_SAVED_TOKENS`). ``prefix_model`` runs the prefix (the model unwrapped from DDP: one
     wrapped forward per step on every process, whether a batch shares a prefix or not). Right-padded batches only:
     with left padding the rows do not start alike, and nothing is shared.
     """

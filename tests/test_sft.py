@@ -149,17 +149,22 @@ def test_trl_private_attributes_the_cookbook_relies_on_still_exist(tmp_path):
     assert isinstance(trainer._total_train_tokens, int)  # the tokens TRL counts (logged as num_tokens)
 
 
+def _one_training_batch(tmp_path):
+    """A trainer without LoRA dropout (two passes must compute the same function), its model in training mode,
+    and its first batch."""
+    model_args = ModelArguments(model_name_or_path=TINY_TEXT_ALIAS, lora_r=8, lora_alpha=16, lora_dropout=0.0)
+    trainer = build_sft_trainer(load_causal_lm(model_args), load_tokenizer(TINY_TEXT_ALIAS),
+                                _args(tmp_path, max_steps=1), _dataset(), peft_config=get_peft_config(model_args))
+    trainer.model.train()
+    return trainer, trainer.model, next(iter(trainer.get_train_dataloader()))
+
+
 def test_cpu_loss_projects_only_answer_positions_and_equals_trls_loss(tmp_path):
     """Off a GPU the training loss projects only the positions that predict an answer token onto the vocabulary
     (TRL projects every position there, twice): same loss, same gradients, same logged metrics as TRL's path."""
     from trl import SFTTrainer
 
-    model_args = ModelArguments(model_name_or_path=TINY_TEXT_ALIAS, lora_r=8, lora_alpha=16, lora_dropout=0.0)
-    trainer = build_sft_trainer(load_causal_lm(model_args), load_tokenizer(TINY_TEXT_ALIAS),
-                                _args(tmp_path, max_steps=1), _dataset(), peft_config=get_peft_config(model_args))
-    batch = next(iter(trainer.get_train_dataloader()))
-    model = trainer.model
-    model.train()
+    trainer, model, batch = _one_training_batch(tmp_path)
     rows_projected = []
     hook = model.get_output_embeddings().register_forward_hook(lambda m, i, o: rows_projected.append(i[0].shape))
     n_answer = int((batch["labels"][:, 1:] != -100).sum())
@@ -190,12 +195,7 @@ def test_the_prefix_every_row_shares_runs_once_with_the_same_loss_and_gradients(
     once per row; the loss and the LoRA gradients are those of the full rows."""
     import common.sft_losses as sft_losses
 
-    model_args = ModelArguments(model_name_or_path=TINY_TEXT_ALIAS, lora_r=8, lora_alpha=16, lora_dropout=0.0)
-    trainer = build_sft_trainer(load_causal_lm(model_args), load_tokenizer(TINY_TEXT_ALIAS),
-                                _args(tmp_path, max_steps=1), _dataset(), peft_config=get_peft_config(model_args))
-    batch = next(iter(trainer.get_train_dataloader()))
-    model = trainer.model
-    model.train()
+    trainer, model, batch = _one_training_batch(tmp_path)
     rows, length = batch["input_ids"].shape
     keep, _ = sft_losses.answer_positions(batch["labels"])
     prefix = sft_losses.shared_prefix_length(batch["input_ids"], batch["attention_mask"], keep)
