@@ -1,6 +1,6 @@
 """What running the shared prefix once per batch saves: the same batches, with and without, in one process.
 
-    python bench/shared_prefix.py                  # ~3 min on 2 cores
+    python bench/shared_prefix.py                  # ~2 min on 2 cores
 
 Every row of the chatbot's batches starts with the same 16 tokens (system prompt and chat-template headers).
 ``common.sft_losses.answer_logits`` runs them once per batch and lets the rows attend to their cached keys and
