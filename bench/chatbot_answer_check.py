@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 SPLITS = ("train", "decline_train", "valid", "decline_valid", "test", "decline_test")
+GATED = SPLITS[2:]  # the splits the gates are scored on (the training questions only train the probe)
 
 
 def answer_features(model, tokenizer, conversations: list[list[dict]], answers: list[str]):
@@ -146,7 +147,8 @@ def main(argv: list[str] | None = None) -> dict:
     for name in SPLITS:
         conversations = [r["messages"][:2] for r in rows[name]]
         answers[name], logprobs[name] = generate_chat_with_logprobs(model, tokenizer, conversations, n_tokens, 48, name)
-        redrawn[name] = scoring.redraw(model, tokenizer, conversations, answers[name], gate, n_tokens, 48)
+        if name in GATED:
+            redrawn[name] = scoring.redraw(model, tokenizer, conversations, answers[name], gate, n_tokens, 48)
         features[name] = answer_features(model, tokenizer, conversations, answers[name])
         print(f"{name}: {len(conversations)} questions", flush=True)
 
@@ -156,13 +158,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     (x_train, y_train), (x_valid, y_valid) = stacked("train"), stacked("valid")
     layer, c, loss, invented = fit_probe(x_train, y_train, x_valid, y_valid)
-    p = {name: invented(features[name]).tolist() for name in SPLITS}
+    p = {name: invented(features[name]).tolist() for name in GATED}
 
     # the gate's checks that need no threshold: a question or (re-drawn) answer naming what the docs never use
     words_only = scoring.gate_rule({**gate, "threshold": None})
     words = {name: [words_only(r["messages"][1]["content"], a, lp) for r, a, lp in
-                    zip(rows[name], redrawn[name], logprobs[name], strict=True)] for name in SPLITS}
-    sure = {name: [scoring.confidence(lp) for lp in logprobs[name]] for name in SPLITS}
+                    zip(rows[name], redrawn[name], logprobs[name], strict=True)] for name in GATED}
+    sure = {name: [scoring.confidence(lp) for lp in logprobs[name]] for name in GATED}
     budget = math.floor(args.max_false_abstention * len(rows["valid"])) - sum(words["valid"])
 
     def undecided(name: str, *declined) -> list[int]:  # the questions no check has declined yet
@@ -171,19 +173,19 @@ def main(argv: list[str] | None = None) -> dict:
     keep = undecided("valid", words)
     t_probe, _ = scoring.most_declined([p["valid"][i] for i in keep], [p["decline_valid"][i] for i in undecided("decline_valid", words)],
                             budget, high=True)
-    by_probe = {name: [t_probe is not None and v >= t_probe for v in p[name]] for name in SPLITS}
+    by_probe = {name: [t_probe is not None and v >= t_probe for v in p[name]] for name in GATED}
     left = budget - sum(by_probe["valid"][i] for i in keep)
     t_sure, _ = scoring.most_declined([sure["valid"][i] for i in undecided("valid", words, by_probe)],
                            [sure["decline_valid"][i] for i in undecided("decline_valid", words, by_probe)], left, high=False)
-    by_sure = {name: [t_sure is not None and s < t_sure for s in sure[name]] for name in SPLITS}
+    by_sure = {name: [t_sure is not None and s < t_sure for s in sure[name]] for name in GATED}
     run_gate = {name: [w or (gate["threshold"] is not None and s < gate["threshold"]) for w, s in
-                       zip(words[name], sure[name])] for name in SPLITS}
+                       zip(words[name], sure[name])] for name in GATED}
     gates = {"run's gate (words + confidence threshold, from inference.json)": run_gate,
-             "words + answer check": {n: [a or b for a, b in zip(words[n], by_probe[n])] for n in SPLITS},
+             "words + answer check": {n: [a or b for a, b in zip(words[n], by_probe[n])] for n in GATED},
              "words + answer check + confidence": {n: [a or b or s for a, b, s in
-                                                      zip(words[n], by_probe[n], by_sure[n])] for n in SPLITS}}
+                                                      zip(words[n], by_probe[n], by_sure[n])] for n in GATED}}
     scored = {name: [{"answer": a or "", "key_terms": r.get("key_terms", [])} for a, r in zip(redrawn[name], rows[name])]
-              for name in SPLITS}
+              for name in GATED}
     report = {"cpu": _cpu(), "model_dir": args.model_dir, "questions": {n: len(r) for n, r in rows.items()},
               "probe": {"layer": layer, "C": c, "validation_log_loss": round(loss, 4),
                         "threshold": t_probe, "confidence_threshold": t_sure},
