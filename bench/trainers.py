@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> dict:
         return result
 
     report: dict = {"cpu": _cpu(), "torch": torch.__version__, "text_steps": args.text_steps,
-                    "vision_steps": args.vision_steps,
+                    "text_batch": args.text_batch, "vision_steps": args.vision_steps,
                     "matmul_peak_gflops": {"fp32": matmul_peak_gflops(torch.float32),
                                            "bf16": matmul_peak_gflops(torch.bfloat16)}, "cases": {}}
     for case in [c for c in TEXT_CASES + VISION_CASES
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"== {case}", flush=True)
         start = time.perf_counter()
         proc = subprocess.run([sys.executable, __file__, "--case", case, "--text_steps", str(args.text_steps),
-                               "--vision_steps", str(args.vision_steps)], cwd=REPO, capture_output=True, text=True)
+                               "--text_batch", str(args.text_batch), "--vision_steps", str(args.vision_steps)], cwd=REPO, capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"{case} failed:\n{proc.stderr[-3000:]}")
         report["cases"][case] = {**json.loads(proc.stdout.strip().splitlines()[-1]),
@@ -272,7 +272,9 @@ def main(argv: list[str] | None = None) -> dict:
         "cookbook_vs_trl_fp32": round(c["cookbook"]["tokens_per_s"] / c["trl_fp32"]["tokens_per_s"], 2),
         "vision_vs_plain": round(c["cookbook_vision"]["images_per_s"] / c["plain_vision"]["images_per_s"], 2),
         "lora_dropout0_vs_cookbook": round(c["cookbook_dropout0"]["tokens_per_s"] / c["cookbook"]["tokens_per_s"], 2),
-        "cookbook_dropout0_vs_trl_fp32": round(c["cookbook_dropout0"]["tokens_per_s"] / c["trl_fp32"]["tokens_per_s"], 2)}
+        "cookbook_dropout0_vs_trl_fp32": round(c["cookbook_dropout0"]["tokens_per_s"] / c["trl_fp32"]["tokens_per_s"], 2),
+        "cookbook_dropout0_vs_trl_default": round(c["cookbook_dropout0"]["tokens_per_s"]
+                                                  / c["trl_default"]["tokens_per_s"], 2)}
     for case in [t for t in TEXT_CASES if t in c]:
         peak = report["matmul_peak_gflops"][c[case]["precision"] if c[case]["precision"] != "fp16" else "fp32"]
         c[case]["share_of_matmul_peak"] = round(c[case]["achieved_gflops"] / peak, 3)
