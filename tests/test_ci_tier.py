@@ -7,6 +7,8 @@ Each ``usecase-*`` folder declares its tier in ``ci.yaml``::
     min_gain: 0.2               # primary metric, fine-tuned minus base model, on the held-out test split
     floors:                     # optional: other report values that must hold after the run
       metrics.after.general_retention_other: 0.6
+    min_gains:                  # optional: other metrics that must gain at least this much over the base model
+      severity_macro_f1: 0.02
 
 ``make test-ci`` (and ``.ci/run``) runs this file; ``make test`` does not (``-m "not ci"``). The contract test
 (tests/test_contract.py) requires ``ci.yaml`` of every use case, so a new recipe cannot skip its tier.
@@ -52,4 +54,7 @@ def test_ci_tier_beats_the_base_model(folder, tmp_path):
     assert after - before >= tier["min_gain"], f"{primary} gained {after - before:.3f} < {tier['min_gain']}"
     for key, floor in (tier.get("floors") or {}).items():
         assert lookup(report, key) >= floor, f"{key} = {lookup(report, key)} < {floor}"
+    for key, gain in (tier.get("min_gains") or {}).items():
+        b, a = report["metrics"]["before"][key], report["metrics"]["after"][key]
+        assert a - b >= gain, f"{key} gained {a - b:.3f} ({b:.3f} -> {a:.3f}) < {gain}"
     assert minutes <= tier["max_minutes"], f"the CI tier took {minutes:.1f} min (budget {tier['max_minutes']})"

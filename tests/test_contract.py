@@ -55,6 +55,11 @@ def test_usecase_declares_a_real_model_ci_tier(folder):
             assert isinstance(value, dict) and part in value, f"{folder.name}/ci.yaml floor {key}: no such report key"
             value = value[part]
         assert isinstance(value, (int, float)), f"{folder.name}/ci.yaml floor {key} is not a number in the report"
+    for key, gain in (tier.get("min_gains") or {}).items():  # the same for the metrics that must gain
+        assert gain > 0, f"{folder.name}/ci.yaml min_gains {key}: a gain must be positive"
+        for side in ("before", "after"):
+            assert isinstance(committed["metrics"][side].get(key), (int, float)), \
+                f"{folder.name}/ci.yaml min_gains {key}: no such number in the report's metrics.{side}"
     config = yaml.safe_load((folder / tier["config"]).read_text())
     assert "tiny-random" not in str(config.get("model_name_or_path", "")), "the CI tier uses the real model"
 
