@@ -11,6 +11,7 @@ GPU). Dropout is off so that the runs are deterministic.
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,12 +19,21 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-# One fixed rendezvous port: under pytest-xdist (make test) these tests share one worker, one at a time.
-pytestmark = pytest.mark.xdist_group("accelerate-port")
+# Under pytest-xdist (make test) these tests share one worker and run one at a time: two 2-process trainings at
+# once on 2 cores would be slow, not wrong.
+pytestmark = pytest.mark.xdist_group("accelerate-launch")
 
 REPO = Path(__file__).resolve().parents[1]
-LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", REPO / "configs/accelerate/multi_cpu.yaml",
-          "--main_process_port", "29517"]
+
+
+def _launch() -> list:
+    """``accelerate launch`` on a port free right now: one fixed port was found still taken by the previous launch
+    (accelerate then falls back to a mode whose workers abort)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+            REPO / "configs/accelerate/multi_cpu.yaml", "--main_process_port", port]
 
 
 def _run(cmd: list, timeout: int = 300) -> None:
@@ -42,7 +52,7 @@ def _adapter_gap(a: Path, b: Path) -> float:
 def test_replay_kl_sft_on_two_processes_matches_one_process(tmp_path):
     worker = REPO / "tests" / "multiprocess_worker.py"
     _run([sys.executable, worker, tmp_path / "one", 4])
-    _run([*LAUNCH, worker, tmp_path / "two", 2])
+    _run([*_launch(), worker, tmp_path / "two", 2])
     one = json.loads((tmp_path / "one" / "history.json").read_text())
     two = json.loads((tmp_path / "two" / "history.json").read_text())
     losses = [[h["loss"] for h in hist if "loss" in h] for hist in (one, two)]
@@ -55,7 +65,7 @@ def test_replay_kl_sft_on_two_processes_matches_one_process(tmp_path):
 def test_a_recipe_under_accelerate_launch_writes_one_report(tmp_path):
     """The chatbot recipe end to end on two processes: both train, the main one evaluates and writes."""
     recipe = REPO / "usecase-chatbot"
-    _run([*LAUNCH, recipe / "train.py", "--config", recipe / "config.smoke.yaml", "--output_dir", tmp_path / "run",
+    _run([*_launch(), recipe / "train.py", "--config", recipe / "config.smoke.yaml", "--output_dir", tmp_path / "run",
           "--per_device_train_batch_size", "2", "--export_merged", "false"])
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["train"]["steps"] == 4 and report["metrics"]["after"]["answer_perplexity"] > 0
@@ -70,7 +80,7 @@ def test_vision_trainer_on_two_processes_matches_one_process_with_accumulation(t
         generation_image_size=32, num_train_per_class=8, num_val_per_class=1, num_test_per_class=1))
     worker = REPO / "tests" / "multiprocess_vision_worker.py"
     _run([sys.executable, worker, data, tmp_path / "one", 4, 2])
-    _run([*LAUNCH, worker, data, tmp_path / "two", 4, 1])
+    _run([*_launch(), worker, data, tmp_path / "two", 4, 1])
     one = json.loads((tmp_path / "one" / "history.json").read_text())
     two = json.loads((tmp_path / "two" / "history.json").read_text())
     assert len(one) == len(two) == 4 and one[-1] < one[0]  # it learned
