@@ -27,8 +27,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _launch() -> list:
-    """``accelerate launch`` on a port free right now: one fixed port was found still taken by the previous launch
-    (accelerate then falls back to a mode whose workers abort)."""
+    """``accelerate launch`` on a port free right now. A fixed port was once found taken in a fresh-clone run (by
+    what was not recorded; the previous launch's rendezvous store is the likely one), and accelerate's fallback for
+    a taken port then aborted both workers."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
