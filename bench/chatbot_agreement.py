@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -39,6 +40,7 @@ def jaccard(a: set[str], b: set[str]) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    from chatbot_lexical_retrieval import auc
     from trainers import _cpu, write_report
 
     from common.evaluation import generate_chat_with_logprobs, sample_chat
@@ -105,12 +107,10 @@ def main(argv: list[str] | None = None) -> dict:
                 "agreement": scored(with_agreement) | {"agreement_threshold": t_agree},
                 "gate_then_agreement": scored(both) | {"logprob_threshold": chosen["threshold"],
                                                        "agreement_threshold": t_both}}
-    auc = {}
-    for s in ("valid", "test"):
-        pairs = [(u < a) + 0.5 * (u == a) for u in agreement[f"decline_{s}"] for a in agreement[s]]
-        auc[s] = round(sum(pairs) / len(pairs), 3)
     report = {"cpu": _cpu(), "model_dir": args.model_dir, "samples": args.samples,
-              "questions": {k: len(v) for k, v in splits.items()}, "agreement_auc": auc,
+              "questions": {k: len(v) for k, v in splits.items()},
+              "agreement_auc": {s: round(auc(agreement[s], agreement[f"decline_{s}"]), 3) for s in ("valid", "test")},
+              "agreement_median": {k: round(statistics.median(v), 3) for k, v in agreement.items()},
               "seconds": {"greedy": round(greedy_seconds, 1), "sampling": round(sample_seconds, 1)},
               "variants": variants, "agreement": {k: [round(a, 3) for a in v] for k, v in agreement.items()}}
     return write_report(report, args.out, "variants")

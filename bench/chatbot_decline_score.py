@@ -53,6 +53,7 @@ def decline_scores(model, tokenizer, prompts: list[list[dict]], decline: str) ->
 
 
 def main(argv: list[str] | None = None) -> dict:
+    from chatbot_lexical_retrieval import auc
     from trainers import _cpu, write_report
 
     from common.evaluation import generate_chat_with_logprobs
@@ -129,9 +130,16 @@ def main(argv: list[str] | None = None) -> dict:
             best = r
     report["decline_score"] = {"chosen": best, "candidates_tried": len(rows)}
     report["scores"] = {k: [round(s, 2) for s in v] for k, v in score.items()}
+    # the score alone: how well it separates (a higher score means "decline"), and what the whole budget buys
+    report["score_auc"] = {s: round(auc([-x for x in score[s]], [-x for x in score[f"decline_{s}"]]), 3)
+                           for s in ("valid", "test")}
+    alone = sorted(score["valid"], reverse=True)[budget]  # declining above it declines `budget` answerable ones
+    report["score_alone_within_budget"] = {"declines_above": round(alone, 3), "unanswerable_valid_declined":
+                                           f"{sum(x > alone for x in score['decline_valid'])} of {len(score['decline_valid'])}"}
     report["own_declines"] = {k: sum(scoring.is_decline(a) for a in v) for k, v in own.items()}
     report["summary"] = {"own": report["own_answers_through_gate"], "forced": report["forced_answers_through_gate"],
-                         "decline_score": best}
+                         "decline_score": best, "score_auc": report["score_auc"],
+                         "score_alone_within_budget": report["score_alone_within_budget"]}
     for k in ("valid", "decline_valid"):
         print(k, sorted(report["scores"][k], reverse=True)[:12], flush=True)
     return write_report(report, args.out, "summary")

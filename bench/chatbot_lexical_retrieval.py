@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> dict:
 
         report[name] = {
             "auc": {s: round(auc(cov[s], cov[f"decline_{s}"]), 3) for s in ("valid", "test")},
-            "answerable_sharing_no_word": {s: sum(c == 0 for c in cov[s]) for s in ("valid", "test")},
+            "answerable_sharing_no_word": {s: [q for q, c in zip(questions[s], cov[s]) if c == 0]
+                                           for s in ("valid", "test")},
             "threshold": t, "valid": _rates(cov, "valid", t), "test": _rates(cov, "test", t),
             "by_threshold_valid": [{"below": round(x, 3), "answerable": sum(c < x for c in cov["valid"]),
                                     "unanswerable": sum(c < x for c in cov["decline_valid"])}
