@@ -154,6 +154,28 @@ def key_terms_accuracy(answers: Sequence[str], key_terms: Sequence[Sequence[str]
 
 
 @torch.inference_mode()
+@torch.inference_mode()
+def answer_logprobs(model, tokenizer, conversations: Sequence[list[dict]], answers: Sequence[str]) -> list[list[float]]:
+    """The log-probability the model gives each token of a given answer to a chat prompt (teacher-forced, one row at
+    a time): the answer's tokens up to, not including, the end-of-turn token -- what
+    :func:`generate_chat_with_logprobs` returns for an answer the model generated greedily itself, here for any
+    answer (a sampled one, say)."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for c, a in zip(conversations, answers, strict=True):
+        prompt_ids = tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=True, return_dict=False)
+        full_ids = tokenizer.apply_chat_template([*c, {"role": "assistant", "content": a}], tokenize=True,
+                                                 return_dict=False)
+        answer_ids = full_ids[len(prompt_ids):]
+        if tokenizer.eos_token_id in answer_ids:
+            answer_ids = answer_ids[:answer_ids.index(tokenizer.eos_token_id)]
+        ids = torch.tensor([prompt_ids + answer_ids], device=device)
+        logp = torch.log_softmax(model(input_ids=ids).logits[0, len(prompt_ids) - 1:-1].float(), dim=-1)
+        out.append(logp.gather(1, ids[0, len(prompt_ids):, None])[:, 0].tolist())
+    return out
+
+
 def completion_perplexity(model, tokenizer, prompts: Sequence[list[dict]], completions: Sequence[str]) -> float:
     """Perplexity of reference answers given their prompts (answer tokens + end-of-turn only), one row at a time."""
     device = next(model.parameters()).device

@@ -186,7 +186,8 @@ def test_the_gate_is_fixed_on_validation_and_declines_within_its_budget(chatbot_
                            "test": [[-0.2], [-5.0], [-0.1]], "decline_valid": [[-0.1], [-0.5] * 6],
                            "decline_test": [[-0.1], [-0.5] * 6]}}
     gate = _gate(scoring)  # redraw_samples 0: an answer failing the checks is declined, nothing is sampled
-    result["redrawn"] = scoring.redraw_all(None, None, result, splits, gate, max_new_tokens=8)
+    result["redrawn"], logprobs = scoring.redraw_all(None, None, result, splits, gate, max_new_tokens=8)
+    assert logprobs == result["logprobs"]  # nothing re-drawn: the greedy answers' own log-probs
     assert result["redrawn"]["test"] == [answer, answer, None]  # "Microsoft Teams": not in the docs
     # 5% of 20 validation questions = 1 may be declined; the question check already declines "Linux": the
     # threshold may decline no answerable question; the least sure one (-0.1 - 2.1 = -2.2: the whole answer's
@@ -250,6 +251,43 @@ def test_failing_answers_are_redrawn_and_the_most_frequent_passing_one_kept(chat
     assert asked == ["Where does Slack post?", "How much is Team?"]
     rule = scoring.gate_rule(gate)
     assert [rule(c[-1]["content"], a, [-0.1]) for c, a in zip(conversations, out)] == [False, True, True, False]
+
+
+STATEMENTS = ["The Team plan costs $8 per member per month.", "The Slack integration posts to a channel."]
+
+
+@pytest.mark.parametrize("answer, score", [
+    ("The Team plan costs $8 per member per month.", 1.0),                # a statement word for word
+    ("the team plan costs 8 dollars per member per month", 0.95),         # case, punctuation, one word changed
+    ("The Slack integration posts a message to a channel.", 0.88),  # 7 of its 9 words in order
+    ("The Team plan includes a Slack channel.", 0.43),                    # the docs' words, no statement's claim
+    ("Brightboard supports more than 50 languages.", 0.0),
+])
+def test_grounding_is_the_rouge_l_of_the_closest_statement(chatbot_train, answer, score):
+    assert chatbot_train.scoring.grounding(answer, STATEMENTS) == pytest.approx(score, abs=0.01)
+
+
+def test_ungrounded_answers_are_redrawn_when_the_grounding_check_is_on(chatbot_train, monkeypatch):
+    scoring = chatbot_train.scoring
+    monkeypatch.setattr(scoring, "sample_chat", lambda model, tok, conversations, *a, **k: [
+        ["The Team plan includes a Slack channel.", "The Slack integration posts to a channel."]] * len(conversations))
+    conversations = [[{"role": "user", "content": "Where does the Team plan post?"}]]
+    invented = ["The Team plan posts a channel per member."]  # documented words only: the word checks pass it
+    off = _gate(scoring, redraw_samples=2)
+    assert scoring.redraw(None, None, conversations, invented, off, 8) == invented
+    on = {**off, "statements": STATEMENTS, "grounding": 0.8}
+    assert scoring.redraw(None, None, conversations, invented, on, 8) == ["The Slack integration posts to a channel."]
+    assert scoring.gate_rule(on)("Where does the Team plan post?", invented[0], [-0.1]) is True  # as is: declined
+    assert scoring.gate_rule(on)("What does Team cost?", STATEMENTS[0], [-0.1]) is False
+    with pytest.raises(ValueError, match="needs the help center's statements"):
+        scoring.gate_settings(DOCS, "decline", grounding=0.8)
+
+
+def test_a_grounding_setting_outside_its_range_stops_the_run(chatbot_train, tmp_path):
+    smoke = SCRIPT.parent / "config.smoke.yaml"
+    with pytest.raises(ValueError, match=r"abstention_grounding must be in \(0, 1\] or null"):
+        chatbot_train.main(["--config", str(smoke), "--output_dir", str(tmp_path / "run"),
+                            "--abstention_grounding", "1.5"])
 
 
 def test_chat_answers_through_the_run_gate(chatbot_train, monkeypatch):

@@ -75,6 +75,33 @@ def test_generate_chat_with_logprobs_scores_what_it_generated():
     assert all(lp <= 0 for row in logprobs for lp in row)
 
 
+def test_answer_logprobs_score_the_answer_tokens_only():
+    """Teacher-forced log-probs of a given answer: one per answer token, the end-of-turn token not counted, each
+    the log-softmax at the position before it -- what generate_chat_with_logprobs records for a token it chose
+    (test above); the chatbot's gate reads them for re-drawn answers, which were sampled, not chosen greedily."""
+    import torch
+
+    from common.config import ModelArguments
+    from common.evaluation import answer_logprobs
+    from common.models import TINY_TEXT_ALIAS, load_causal_lm, load_tokenizer
+
+    tok = load_tokenizer(TINY_TEXT_ALIAS)
+    model = load_causal_lm(ModelArguments(model_name_or_path=TINY_TEXT_ALIAS))
+    prompts = [[{"role": "user", "content": "a " * n}] for n in (9, 1)]
+    answers = ["The Team plan costs $9.", "Press N"]
+    forced = answer_logprobs(model, tok, prompts, answers)
+    for p, a, lp in zip(prompts, answers, forced):
+        prompt = tok(tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True),
+                     add_special_tokens=False)["input_ids"]
+        answer = tok(a, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([prompt + answer + [tok.eos_token_id]])
+        with torch.inference_mode():
+            logp = torch.log_softmax(model(ids).logits[0].float(), -1)
+        expected = [float(logp[len(prompt) - 1 + j, t]) for j, t in enumerate(answer)]
+        assert len(lp) == len(answer) and lp == pytest.approx(expected, abs=1e-4)
+    assert forced[0] != answer_logprobs(model, tok, prompts[1:], answers[:1])[0]  # the prompt matters
+
+
 def _report(**over):
     rep = {"usecase": "x", "model": "m", "method": "SFT", "hardware": "cpu",
            "train": {"seconds": 1.0, "throughput": {"value": 2.0, "unit": "tokens/s"}, "peak_memory_mb": 3.0},

@@ -118,16 +118,17 @@ def reply(model, tokenizer, settings: dict, conversations: list[list[dict]], des
 def product_reply(model, tokenizer, settings: dict, conversations: list[list[dict]], desc: str) -> list[str]:
     """Greedy answers, through the run's abstention gate when it has one (``inference.json``): an answer naming
     what the docs never use is re-drawn (:func:`scoring.redraw`), and the decline replaces an answer the gate
-    stops (:func:`scoring.gate_rule`), as in the run's report."""
+    stops (:func:`scoring.gate_rule`, reading the log-probabilities of the answer given), as in the run's report."""
     gate = settings.get("abstention_gate")
     if not gate:
         return generate_chat(model, tokenizer, conversations, settings.get("max_new_tokens", 64), desc=desc)
     answers, logprobs = generate_chat_with_logprobs(model, tokenizer, conversations,
                                                     settings.get("max_new_tokens", 64), desc=desc)
-    answers = scoring.redraw(model, tokenizer, conversations, answers, gate, settings.get("max_new_tokens", 64))
+    redrawn = scoring.redraw(model, tokenizer, conversations, answers, gate, settings.get("max_new_tokens", 64))
+    logprobs = scoring.given_logprobs(model, tokenizer, conversations, answers, redrawn, logprobs)
     declines = scoring.gate_rule(gate)
     return [gate["decline"] if declines(c[-1]["content"], a, lp) else a
-            for c, a, lp in zip(conversations, answers, logprobs)]
+            for c, a, lp in zip(conversations, redrawn, logprobs)]
 
 
 def answer(model, tokenizer, settings: dict, question: str, history: list[dict] | None = None) -> str:

@@ -25,6 +25,8 @@ def check_arguments(args, model_args, training_args=None) -> None:
     need(args.replay_kl_weight >= 0, "replay_kl_weight", ">= 0", args.replay_kl_weight)
     need(args.abstention_redraw_samples >= 0, "abstention_redraw_samples", ">= 0 (0: decline instead of re-drawing)",
          args.abstention_redraw_samples)
+    need(args.abstention_grounding is None or 0 < args.abstention_grounding <= 1, "abstention_grounding",
+         "in (0, 1] or null (no grounding check)", args.abstention_grounding)
     need(0 <= args.max_false_abstention < 1, "max_false_abstention", "in [0, 1)", args.max_false_abstention)
     if args.abstention_gate and not args.unanswerable_file:
         raise ConfigError("abstention_gate: true needs unanswerable_file (its held-out questions measure the gate, "

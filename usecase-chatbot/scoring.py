@@ -29,7 +29,10 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+from rouge_score import rouge_scorer
+
 from common.evaluation import (
+    answer_logprobs,
     completion_perplexity,
     generate_chat,
     generate_chat_with_logprobs,
@@ -155,10 +158,31 @@ def off_topic(question: str, answer: str) -> bool:
 REDRAW = {"temperature": 1.0, "top_p": 0.95, "seed": 0}
 
 
-def answer_passes(question: str, answer: str, words: set[str], relevance: bool = False) -> bool:
-    """The gate's checks on an answer: it names nothing the help center never uses, and (with ``relevance``)
-    shares a content word with its question."""
-    return not ungrounded(answer, words) and not (relevance and off_topic(question, answer))
+_ROUGE = rouge_scorer.RougeScorer(["rougeL"])
+
+
+def grounding(answer: str, statements: list[str]) -> float:
+    """How closely ``answer`` restates one statement of the help center: the largest ROUGE-L F1 (longest common
+    word subsequence; ``rouge-score``'s tokenizer: lower case, punctuation dropped) against any statement. 1.0: a
+    statement word for word, as the bot was trained to answer; "The Brightboard supports more than 50 languages."
+    against the docs: 0.3."""
+    return max((_ROUGE.score(s, answer)["rougeL"].fmeasure for s in statements), default=0.0)
+
+
+def answer_passes(question: str, answer: str, words: set[str], relevance: bool = False,
+                  statements: list[str] = (), min_grounding: float | None = None) -> bool:
+    """The gate's checks on an answer: it names nothing the help center never uses, (with ``relevance``) shares a
+    content word with its question, and (with ``min_grounding``) restates a statement of the docs at least that
+    closely (:func:`grounding`)."""
+    return (not ungrounded(answer, words) and not (relevance and off_topic(question, answer))
+            and (min_grounding is None or grounding(answer, statements) >= min_grounding))
+
+
+def _answer_check(gate: dict) -> Callable[[str, str], bool]:
+    """:func:`answer_passes` with the settings of ``gate`` bound: ``(question, answer) -> passes?``."""
+    words, relevance = set(gate["vocabulary"]), gate.get("relevance", False)
+    statements, min_grounding = gate.get("statements", []), gate.get("grounding")
+    return lambda question, answer: answer_passes(question, answer, words, relevance, statements, min_grounding)
 
 
 def redraw(model, tokenizer, conversations: list[list[dict]], answers: list[str], gate: dict, max_new_tokens: int,
@@ -171,17 +195,17 @@ def redraw(model, tokenizer, conversations: list[list[dict]], answers: list[str]
     Answers that pass, and those to a question that itself names something the docs never use (declined anyway),
     are returned as they are. ``redraw_samples: 0`` re-draws nothing: every failing answer is ``None``.
     """
-    words, relevance = set(gate["vocabulary"]), gate.get("relevance", False)
+    words, passes = set(gate["vocabulary"]), _answer_check(gate)
     out: list[str | None] = list(answers)
     todo = [i for i, (c, a) in enumerate(zip(conversations, answers, strict=True))
-            if not ungrounded(c[-1]["content"], words) and not answer_passes(c[-1]["content"], a, words, relevance)]
+            if not ungrounded(c[-1]["content"], words) and not passes(c[-1]["content"], a)]
     for i in todo:
         out[i] = None
     if todo and gate.get("redraw_samples", 0):
         samples = sample_chat(model, tokenizer, [conversations[i] for i in todo], gate["redraw_samples"],
                               max_new_tokens, batch_size, **REDRAW, desc="re-drawing", cache=cache)
         for i, candidates in zip(todo, samples, strict=True):
-            passing = [a for a in candidates if answer_passes(conversations[i][-1]["content"], a, words, relevance)]
+            passing = [a for a in candidates if passes(conversations[i][-1]["content"], a)]
             if passing:
                 out[i] = Counter(passing).most_common(1)[0][0]
     return out
@@ -191,28 +215,54 @@ def gate_rule(gate: dict) -> Callable[[str, str | None, list[float]], bool]:
     """The abstention gate (``vocabulary``, ``threshold`` and ``relevance``, as :func:`choose_gate` returns it and
     train.py stores it in ``inference.json``) as a test ``(question, answer, greedy answer token log-probs) ->
     decline?``. ``answer`` is the one after :func:`redraw` (``None``: no candidate passed)."""
-    words, threshold, relevance = set(gate["vocabulary"]), gate["threshold"], gate.get("relevance", False)
+    words, threshold, passes = set(gate["vocabulary"]), gate["threshold"], _answer_check(gate)
 
     def declines(question: str, answer: str | None, token_logprobs: list[float]) -> bool:
         return (answer is None or bool(ungrounded(question, words))
-                or not answer_passes(question, answer, words, relevance)
+                or not passes(question, answer)
                 or (threshold is not None and confidence(token_logprobs) < threshold))
     return declines
 
 
-def gate_settings(docs: str, decline: str, relevance: bool = False, redraw_samples: int = 0) -> dict:
-    """The threshold-free part of the gate: what the help center names, the decline, the answer checks."""
+def gate_settings(docs: str, decline: str, relevance: bool = False, redraw_samples: int = 0,
+                  statements: list[str] = (), grounding: float | None = None) -> dict:
+    """The threshold-free part of the gate: what the help center names, the decline, the answer checks
+    (``grounding``: the least :func:`grounding` an answer needs against ``statements``; None: not checked)."""
+    if grounding is not None and not statements:
+        raise ValueError("a grounding check needs the help center's statements")
     return {"vocabulary": vocabulary(docs), "threshold": None, "relevance": relevance,
-            "redraw_samples": redraw_samples, "decline": decline}
+            "redraw_samples": redraw_samples, "decline": decline, "grounding": grounding,
+            "statements": list(statements) if grounding is not None else []}
+
+
+def given_logprobs(model, tokenizer, conversations: list[list[dict]], answers: list[str],
+                   redrawn: list[str | None], logprobs: list[list[float]]) -> list[list[float]]:
+    """The token log-probabilities the gate's threshold reads: of the answer the bot *gives*. The greedy answer's
+    own where it is kept; where :func:`redraw` replaced it, the model's log-probabilities of the re-drawn answer
+    (:func:`common.evaluation.answer_logprobs`), not those of the answer it no longer gives."""
+    changed = [i for i, (a, r) in enumerate(zip(answers, redrawn, strict=True)) if r is not None and r != a]
+    out = list(logprobs)
+    if changed:
+        scored = answer_logprobs(model, tokenizer, [conversations[i] for i in changed], [redrawn[i] for i in changed])
+        for i, lp in zip(changed, scored, strict=True):
+            out[i] = lp
+    return out
 
 
 def redraw_all(model, tokenizer, result: dict, splits: dict, gate: dict, max_new_tokens: int,
-               batch_size: int = 16) -> dict:
+               batch_size: int = 16) -> tuple[dict, dict]:
     """:func:`redraw` on every product question the model answered (``result`` from :func:`evaluate` with
-    log-probs): ``{split key: answers after re-drawing}``."""
-    return {key: redraw(model, tokenizer, [r["messages"][:-1] for r in splits[key]], answers, gate,
-                        max_new_tokens, batch_size, cache=True)
-            for key, answers in result["answers"].items() if key in result["logprobs"]}
+    log-probs): ``({split key: answers after re-drawing}, {split key: their token log-probs})`` (see
+    :func:`given_logprobs`)."""
+    redrawn, logprobs = {}, {}
+    for key, answers in result["answers"].items():
+        if key in result["logprobs"]:
+            conversations = [r["messages"][:-1] for r in splits[key]]
+            redrawn[key] = redraw(model, tokenizer, conversations, answers, gate, max_new_tokens, batch_size,
+                                  cache=True)
+            logprobs[key] = given_logprobs(model, tokenizer, conversations, answers, redrawn[key],
+                                           result["logprobs"][key])
+    return redrawn, logprobs
 
 
 def most_declined(answerable: list[float], unanswerable: list[float], budget: int,
@@ -252,7 +302,10 @@ def choose_gate(tuned: dict, splits: dict, gate: dict, max_false_abstention: flo
                                      if not d], budget)
     return {**gate, "rule": "decline when the question names a word or figure the help center never uses, when "
                             "the answer does" + (" or shares no content word with the question" if gate["relevance"]
-                                                 else "") + " and no re-drawn answer passes, or when the answer's "
+                                                 else "")
+                            + (f" or restates no statement of the docs (ROUGE-L < {gate['grounding']})"
+                               if gate.get("grounding") is not None else "")
+                            + " and no re-drawn answer passes, or when the answer's "
                             "log-probability (sum over its tokens) < threshold",
             "threshold": threshold, "max_false_abstention": max_false_abstention, "chosen_on": "validation",
             "validation_declined_by_words": sum(valid), "validation_threshold_gain": best,

@@ -51,6 +51,7 @@ class ChatbotArguments:
     max_false_abstention: float = 0.05  # the gate declines at most this share of answerable validation questions
     abstention_relevance: bool = False  # the gate also declines answers sharing no content word with the question
     abstention_redraw_samples: int = 8  # an answer naming what the docs never use is re-drawn from N samples (0: declined)
+    abstention_grounding: float | None = 0.9  # ... and an answer restating no statement that closely (ROUGE-L; None: off)
     replay_questions_file: str | None = "usecase-chatbot/data/replay_questions.yaml"  # None: no replay
     num_replay_questions: int | None = None  # the first N replay questions (None: all)
     replay_sentences: int = 1  # keep the first N sentences of each replay answer (0: all of it)
@@ -144,11 +145,13 @@ def main(argv: list[str] | None = None) -> dict:
     # through it, as chat.py answers.
     gate = None
     if args.abstention_gate:
-        gate = scoring.gate_settings(repo_path(args.docs_file).read_text(encoding="utf-8"),
+        docs_file = repo_path(args.docs_file)
+        gate = scoring.gate_settings(docs_file.read_text(encoding="utf-8"),
                                      splits["decline_valid"][0]["messages"][-1]["content"],
-                                     args.abstention_relevance, args.abstention_redraw_samples)
-        tuned["redrawn"] = scoring.redraw_all(trainer.model, tokenizer, tuned, splits, gate, args.max_new_tokens,
-                                              args.eval_batch_size)
+                                     args.abstention_relevance, args.abstention_redraw_samples,
+                                     list(prepare.read_statements(docs_file).values()), args.abstention_grounding)
+        tuned["redrawn"], tuned["logprobs"] = scoring.redraw_all(trainer.model, tokenizer, tuned, splits, gate,
+                                                                 args.max_new_tokens, args.eval_batch_size)
         gate = scoring.choose_gate(tuned, splits, gate, args.max_false_abstention)
         tuned = scoring.apply_gate(tuned, splits, gate)
         logger.info("abstention gate: abstention %.3f, false abstention %.3f (test)",
@@ -176,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
     (out / "inference.json").write_text(json.dumps(
         {"system_prompt": args.system_prompt, "max_new_tokens": args.max_new_tokens,
          "abstention_gate": gate and {k: gate[k] for k in ("threshold", "relevance", "redraw_samples", "decline",
-                                                           "vocabulary")}}, indent=2))
+                                                           "grounding", "vocabulary", "statements")}}, indent=2))
     if args.export_merged and model_args.use_peft:
         train_stats["merge_max_abs_logit_diff"] = merge_and_export(
             trainer.model, tokenizer, out / "merged", [r["messages"][:-1] for r in splits["test"][:4]],
@@ -192,7 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
         hardware=hw.describe(training_precision(training_args)),
         train={**train_stats, "rows": len(train_ds), "replay_rows": n_replay},
         config=to_dict(args, model_args), phases=clock.summary(),
-        abstention_gate=gate and {**{k: v for k, v in gate.items() if k != "vocabulary"},
+        abstention_gate=gate and {**{k: v for k, v in gate.items() if k not in ("vocabulary", "statements")},
                                   "vocabulary_words": len(gate["vocabulary"]), "redraw": scoring.REDRAW,
                                   "redrawn_answers_kept": tuned["redrawn_kept"], "without_gate": tuned["ungated"]},
         router=router_info)

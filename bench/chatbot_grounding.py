@@ -1,0 +1,118 @@
+"""Does the answer restate the docs? A grounding check for the chatbot's abstention gate, its setting chosen on validation.
+
+    python bench/chatbot_grounding.py --model_dir runs/chatbot        # ~8 min on 2 cores
+
+The bot is trained to answer with the help center's own statements, word for word. A memorized fact comes back as
+one of them; an invention is a new sentence -- often assembled from the docs' words ("The Brightboard supports
+more than 50 languages.", "The Meeting agenda includes a video slide."), so the gate's word checks let it through.
+``scoring.grounding`` scores an answer by its ROUGE-L F1 against the closest statement of ``help_center.md``; with
+``abstention_grounding: g`` an answer below ``g`` is treated like one naming a word the docs never use: re-drawn
+from 8 samples (the most frequent grounded one is kept), declined when none is grounded.
+
+For each ``g`` of ``--grounding`` (``none``: the check off) the whole gate is rebuilt on the same greedy answers, as
+train.py builds it: re-drawing, then the log-probability threshold fixed on the validation questions within
+``--max_false_abstention`` of them (``scoring.choose_gate``) -- twice: the threshold reading the log-probability of
+the answer the bot gives (``scoring.given_logprobs``: a re-drawn answer's own, teacher-forced) and, as the gate did
+before, that of the greedy answer even where a re-drawn one replaced it. The variant is chosen on validation -- the
+most unanswerable questions declined within the budget, then the best fact accuracy, then the first listed -- and
+the test split is scored once per variant; it chooses nothing. The fine-tuned model's own answers, before the
+router. A measurement, not part of the recipe. Writes ``runs/bench/chatbot_grounding.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+KEYS = ("valid", "decline_valid", "test", "decline_test")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from chatbot_lexical_retrieval import auc
+    from trainers import _cpu, write_report
+
+    from common.evaluation import generate_chat_with_logprobs
+    from common.models import load_for_inference
+    from common.paths import load_sibling
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model_dir", required=True, help="a folder that usecase-chatbot/train.py wrote")
+    parser.add_argument("--grounding", nargs="+", default=["none", "0.5", "0.6", "0.7", "0.8", "0.9"],
+                        help="least ROUGE-L against the closest statement ('none': no grounding check)")
+    parser.add_argument("--max_false_abstention", type=float, default=0.05)
+    parser.add_argument("--out", default="runs/bench/chatbot_grounding.json")
+    args = parser.parse_args(argv)
+
+    train_script = REPO / "usecase-chatbot" / "train.py"
+    scoring, prepare = load_sibling(train_script, "scoring"), load_sibling(train_script, "prepare_data")
+    data = Path(args.model_dir) / "data"
+    splits = {key: [json.loads(line) for line in (data / f"{key}.jsonl").read_text().splitlines() if line.strip()]
+              for key in KEYS}
+    decline = splits["decline_valid"][0]["messages"][-1]["content"]
+    docs_file = REPO / "usecase-chatbot" / "data" / "help_center.md"
+    docs, statements = docs_file.read_text(), list(prepare.read_statements(docs_file).values())
+    model, tokenizer, settings = load_for_inference(args.model_dir)
+    n_tokens = settings["max_new_tokens"]
+    prompts = {key: [r["messages"][:-1] for r in rows] for key, rows in splits.items()}
+    questions = {key: [r["messages"][1]["content"] for r in rows] for key, rows in splits.items()}
+
+    start = time.perf_counter()
+    answers, logprobs = {}, {}
+    for key in KEYS:
+        answers[key], logprobs[key] = generate_chat_with_logprobs(model, tokenizer, prompts[key], n_tokens, 48, key)
+    seconds = {"greedy": round(time.perf_counter() - start, 1)}
+    own = {k: [scoring.grounding(a, statements) for a in answers[k]] for k in KEYS}
+
+    variants = {}
+    for setting in args.grounding:
+        g = None if setting == "none" else float(setting)
+        start = time.perf_counter()
+        gate = scoring.gate_settings(docs, decline, redraw_samples=8, statements=statements, grounding=g)
+        redrawn = {k: scoring.redraw(model, tokenizer, prompts[k], answers[k], gate, n_tokens, 48) for k in KEYS}
+        given = {k: scoring.given_logprobs(model, tokenizer, prompts[k], answers[k], redrawn[k], logprobs[k])
+                 for k in KEYS}
+        for reads, lps in (("given", given), ("greedy", logprobs)):  # the threshold reads the answer given / greedy
+            result = {"answers": answers, "logprobs": lps, "redrawn": redrawn}
+            chosen = scoring.choose_gate(result, splits, gate, args.max_false_abstention)
+            declines = scoring.gate_rule(chosen)
+            final = {k: [decline if declines(q, a, lp) else a
+                         for q, a, lp in zip(questions[k], redrawn[k], lps[k], strict=True)] for k in KEYS}
+            name = f"grounding {setting}, threshold reads the {reads} answer"
+            variants[name] = {
+                **{s: {m: round(v, 4) for m, v in scoring.split_metrics(final, splits, s).items()}
+                   for s in ("valid", "test")},
+                "logprob_threshold": chosen["threshold"],
+                "validation_declined_by_checks": chosen["validation_declined_by_words"],
+                "redrawn_kept": {k: sum(a is not None and a != o for a, o in zip(redrawn[k], answers[k])) for k in KEYS},
+                "seconds": round(time.perf_counter() - start, 1)}
+            variants[name]["changed"] = {k: [{"question": q, "answer": a, "grounding": round(s, 3), "now": f}
+                                             for q, a, s, f in zip(questions[k], answers[k], own[k], final[k]) if f != a]
+                                         for k in KEYS}
+
+    budget = math.floor(args.max_false_abstention * len(splits["valid"]))
+    within = [v for v in variants if variants[v]["valid"]["false_abstention_rate"] * len(splits["valid"]) <= budget]
+    chosen_variant = max(within, key=lambda v: (variants[v]["valid"]["abstention_rate"],
+                                                variants[v]["valid"]["fact_accuracy"])) if within else None
+    report = {"cpu": _cpu(), "model_dir": args.model_dir, "questions": {k: len(v) for k, v in splits.items()},
+              "statements": len(statements),
+              "grounding_of_own_answers": {
+                  "auc": {s: round(auc(own[s], own[f"decline_{s}"]), 3) for s in ("valid", "test")},
+                  "median": {k: round(statistics.median(v), 3) for k, v in own.items()},
+                  "below_1": {k: sum(v < 1 for v in vals) for k, vals in own.items()}},
+              "seconds": seconds, "chosen_on_validation": chosen_variant,
+              "summary": {v: {k: x for k, x in variants[v].items() if k != "changed"} for v in variants},
+              "variants": variants}
+    return write_report(report, args.out, "summary")
+
+
+if __name__ == "__main__":
+    main()
