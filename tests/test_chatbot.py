@@ -283,6 +283,17 @@ def test_ungrounded_answers_are_redrawn_when_the_grounding_check_is_on(chatbot_t
         scoring.gate_settings(DOCS, "decline", grounding=0.8)
 
 
+def test_predictions_say_why_an_answer_differs_from_the_models_own(chatbot_train, tmp_path):
+    rows = [_row(f"Question {i}?") for i in range(4)]
+    own = ["The Team plan costs $8.", "It costs $99.", "Slack posts to Teams.", "The Team plan costs $8."]
+    adapter = ["The Team plan costs $8.", "The Team plan costs $8 per member per month.", "decline", own[3]]
+    after = [*adapter[:3], "The base model's answer."]
+    chatbot_train.scoring.write_predictions(tmp_path / "p.jsonl", rows, ["base"] * 4, after, own, "decline", adapter)
+    got = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert [g.get("gate") for g in got] == [None, "re-drawn", "declined", "routed to the base model"]
+    assert got[1]["model_answer"] == "It costs $99." and got[1]["correct"] and not got[0].get("model_answer")
+
+
 def test_a_grounding_setting_outside_its_range_stops_the_run(chatbot_train, tmp_path):
     smoke = SCRIPT.parent / "config.smoke.yaml"
     with pytest.raises(ValueError, match=r"abstention_grounding must be in \(0, 1\] or null"):
@@ -315,6 +326,10 @@ def test_chat_answers_through_the_run_gate(chatbot_train, monkeypatch):
     assert chat.answer(model, tokenizer, {**settings, "abstention_gate": redraw}, "How much is the Team plan?") == \
         "The Team plan costs money."
     assert chat.answer(model, tokenizer, {**settings, "abstention_gate": {**redraw, "redraw_samples": 0}},
+                       "How much is the Team plan?") == gate["decline"]
+    # the threshold reads the answer given: the greedy one was sure (-0.1), the random model is not sure of the
+    # re-drawn one (teacher-forced, far below -1), so it is declined
+    assert chat.answer(model, tokenizer, {**settings, "abstention_gate": {**redraw, "threshold": -1.0}},
                        "How much is the Team plan?") == gate["decline"]
 
 

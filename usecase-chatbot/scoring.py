@@ -14,10 +14,12 @@
 
 The abstention gate: an answer is replaced by the decline when the question names a word or figure the help
 center never uses ("Notion", "Enterprise", "$99"), or when the model gave its whole answer a log-probability
-below a threshold. An answer that names such a word itself (with ``abstention_relevance``, also one that shares no
+below a threshold. An answer that names such a word itself, or restates no statement of the help center closely
+enough (:func:`grounding`, with ``abstention_grounding``; with ``abstention_relevance``, also one that shares no
 content word with the question) is re-drawn first: sampled answers that pass the checks replace it
-(:func:`redraw`), and only when none passes is it declined. The threshold is chosen on the *validation* questions
-only (:func:`choose_gate`); the test split is scored through the gate, and chat.py applies the same rule.
+(:func:`redraw`), and only when none passes is it declined; the threshold then reads the log-probability of the
+answer given (:func:`given_logprobs`). The threshold is chosen on the *validation* questions only
+(:func:`choose_gate`); the test split is scored through the gate, and chat.py applies the same rule.
 """
 
 from __future__ import annotations
@@ -335,16 +337,20 @@ def apply_gate(result: dict, splits: dict, gate: dict) -> dict:
 
 
 def write_predictions(path: Path, test_rows: list[dict], before: list[str], after: list[str],
-                      own: list[str] | None = None, decline: str | None = None) -> None:
+                      own: list[str] | None = None, decline: str | None = None,
+                      adapter: list[str] | None = None) -> None:
     """Every held-out answer, before and after, one JSON line each (for error analysis); with ``own`` (the
-    model's greedy answers before the abstention gate), the model's own answer wherever the gate changed it, and
-    ``gate``: ``"declined"`` or ``"re-drawn"``."""
+    model's greedy answers before the abstention gate), the model's own answer wherever the answer given differs,
+    and ``gate``: ``"declined"``, ``"re-drawn"`` or -- with ``adapter``, the answers through the gate before the
+    router -- ``"routed to the base model"``."""
     with path.open("w") as f:
         for i, (r, b, a) in enumerate(zip(test_rows, before, after)):
             row = {"question": r["messages"][1]["content"], "reference": r["messages"][2]["content"],
                    "key_terms": r["key_terms"], "base": b, "fine_tuned": a, "correct": key_terms_score(a, r["key_terms"])}
             if own is not None and own[i] != a:
-                row.update(model_answer=own[i], gate="declined" if a == decline else "re-drawn")
+                why = ("routed to the base model" if adapter is not None and adapter[i] != a
+                       else "declined" if a == decline else "re-drawn")
+                row.update(model_answer=own[i], gate=why)
             f.write(json.dumps(row) + "\n")
 
 

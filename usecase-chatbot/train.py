@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> dict:
                   "data": "usecase-chatbot/data/help_center.md (fictional product, Apache-2.0)"})
     scoring.write_predictions(out / "predictions.jsonl", splits["test"], base["answers"]["test"],
                               tuned["answers"]["test"], tuned.get("answers_ungated", {}).get("test"),
-                              gate and gate["decline"])
+                              gate and gate["decline"], tuned.get("answers_adapter", {}).get("test"))
     clock.lap("export")
     report = scoring.build_report(
         base, tuned, general_sets, splits,
