@@ -21,7 +21,6 @@ in all); the test split is scored once with the thresholds fixed. A measurement,
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
@@ -32,7 +31,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-KEYS = ("valid", "decline_valid", "test", "decline_test")
 
 
 def jaccard(a: set[str], b: set[str]) -> float:
@@ -41,10 +39,10 @@ def jaccard(a: set[str], b: set[str]) -> float:
 
 def main(argv: list[str] | None = None) -> dict:
     from chatbot_lexical_retrieval import auc
+    from chatbot_run import KEYS, greedy_answers, load_run
     from trainers import _cpu, write_report
 
-    from common.evaluation import generate_chat_with_logprobs, sample_chat
-    from common.models import load_for_inference
+    from common.evaluation import sample_chat
     from common.paths import load_sibling
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -55,28 +53,19 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     scoring = load_sibling(REPO / "usecase-chatbot" / "train.py", "scoring")
-    data = Path(args.model_dir) / "data"
-    splits = {key: [json.loads(line) for line in (data / f"{key}.jsonl").read_text().splitlines() if line.strip()]
-              for key in KEYS}
-    decline = splits["decline_valid"][0]["messages"][-1]["content"]
+    run = load_run(args.model_dir)
+    splits, decline, prompts, questions = run["splits"], run["decline"], run["prompts"], run["questions"]
+    model, tokenizer, n_tokens = run["model"], run["tokenizer"], run["max_new_tokens"]
     docs = (REPO / "usecase-chatbot" / "data" / "help_center.md").read_text()
-    model, tokenizer, settings = load_for_inference(args.model_dir)
-    n_tokens = settings["max_new_tokens"]
-    prompts = {key: [r["messages"][:-1] for r in rows] for key, rows in splits.items()}
-    questions = {key: [r["messages"][1]["content"] for r in rows] for key, rows in splits.items()}
-
+    answers, logprobs, greedy_seconds = greedy_answers(run)
     start = time.perf_counter()
-    answers, logprobs = {}, {}
-    for key in KEYS:
-        answers[key], logprobs[key] = generate_chat_with_logprobs(model, tokenizer, prompts[key], n_tokens, 48, key)
-    greedy_seconds = time.perf_counter() - start
     agreement = {}
     for key in KEYS:
         samples = sample_chat(model, tokenizer, prompts[key], args.samples, n_tokens, 16, **scoring.REDRAW,
                               desc=f"{key}: {args.samples} samples")
         agreement[key] = [sum(jaccard(scoring.topic_words(a), scoring.topic_words(s)) for s in drawn) / len(drawn)
                           for a, drawn in zip(answers[key], samples, strict=True)]
-    sample_seconds = time.perf_counter() - start - greedy_seconds
+    sample_seconds = time.perf_counter() - start
     gate = scoring.gate_settings(docs, decline, redraw_samples=8)
     result = {"answers": answers, "logprobs": logprobs,
               "redrawn": {k: scoring.redraw(model, tokenizer, prompts[k], answers[k], gate, n_tokens, 48) for k in KEYS}}

@@ -22,7 +22,6 @@ router. A measurement, not part of the recipe. Writes ``runs/bench/chatbot_groun
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
@@ -33,15 +32,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-KEYS = ("valid", "decline_valid", "test", "decline_test")
 
 
 def main(argv: list[str] | None = None) -> dict:
     from chatbot_lexical_retrieval import auc
+    from chatbot_run import KEYS, greedy_answers, load_run
     from trainers import _cpu, write_report
 
-    from common.evaluation import generate_chat_with_logprobs
-    from common.models import load_for_inference
     from common.paths import load_sibling
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -54,22 +51,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     train_script = REPO / "usecase-chatbot" / "train.py"
     scoring, prepare = load_sibling(train_script, "scoring"), load_sibling(train_script, "prepare_data")
-    data = Path(args.model_dir) / "data"
-    splits = {key: [json.loads(line) for line in (data / f"{key}.jsonl").read_text().splitlines() if line.strip()]
-              for key in KEYS}
-    decline = splits["decline_valid"][0]["messages"][-1]["content"]
+    run = load_run(args.model_dir)
+    splits, decline, prompts, questions = run["splits"], run["decline"], run["prompts"], run["questions"]
+    model, tokenizer, n_tokens = run["model"], run["tokenizer"], run["max_new_tokens"]
     docs_file = REPO / "usecase-chatbot" / "data" / "help_center.md"
     docs, statements = docs_file.read_text(), list(prepare.read_statements(docs_file).values())
-    model, tokenizer, settings = load_for_inference(args.model_dir)
-    n_tokens = settings["max_new_tokens"]
-    prompts = {key: [r["messages"][:-1] for r in rows] for key, rows in splits.items()}
-    questions = {key: [r["messages"][1]["content"] for r in rows] for key, rows in splits.items()}
-
-    start = time.perf_counter()
-    answers, logprobs = {}, {}
-    for key in KEYS:
-        answers[key], logprobs[key] = generate_chat_with_logprobs(model, tokenizer, prompts[key], n_tokens, 48, key)
-    seconds = {"greedy": round(time.perf_counter() - start, 1)}
+    answers, logprobs, greedy_seconds = greedy_answers(run)
+    seconds = {"greedy": round(greedy_seconds, 1)}
     own = {k: [scoring.grounding(a, statements) for a in answers[k]] for k in KEYS}
 
     variants = {}
