@@ -33,7 +33,6 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-
 def main(argv: list[str] | None = None) -> dict:
     from chatbot_lexical_retrieval import auc
     from chatbot_run import KEYS, greedy_answers, load_run
