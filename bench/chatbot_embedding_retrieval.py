@@ -19,7 +19,6 @@ test split scored once. A measurement, not part of the recipe. Writes ``runs/ben
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
