@@ -154,7 +154,6 @@ def key_terms_accuracy(answers: Sequence[str], key_terms: Sequence[Sequence[str]
 
 
 @torch.inference_mode()
-@torch.inference_mode()
 def answer_logprobs(model, tokenizer, conversations: Sequence[list[dict]], answers: Sequence[str]) -> list[list[float]]:
     """The log-probability the model gives each token of a given answer to a chat prompt (teacher-forced, one row at
     a time): the answer's tokens up to, not including, the end-of-turn token -- what
@@ -176,6 +175,7 @@ def answer_logprobs(model, tokenizer, conversations: Sequence[list[dict]], answe
     return out
 
 
+@torch.inference_mode()
 def completion_perplexity(model, tokenizer, prompts: Sequence[list[dict]], completions: Sequence[str]) -> float:
     """Perplexity of reference answers given their prompts (answer tokens + end-of-turn only), one row at a time."""
     device = next(model.parameters()).device

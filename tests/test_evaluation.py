@@ -102,6 +102,24 @@ def test_answer_logprobs_score_the_answer_tokens_only():
     assert forced[0] != answer_logprobs(model, tok, prompts[1:], answers[:1])[0]  # the prompt matters
 
 
+def test_scoring_answers_builds_no_autograd_graph(monkeypatch):
+    """Perplexity and answer log-probs run under inference mode: no graph kept per row (memory, time)."""
+    import torch
+
+    from common.config import ModelArguments
+    from common.evaluation import answer_logprobs, completion_perplexity
+    from common.models import TINY_TEXT_ALIAS, load_causal_lm, load_tokenizer
+
+    tok = load_tokenizer(TINY_TEXT_ALIAS)
+    model = load_causal_lm(ModelArguments(model_name_or_path=TINY_TEXT_ALIAS))
+    seen = []
+    model.register_forward_hook(lambda *_: seen.append(torch.is_inference_mode_enabled()))
+    prompts, answers = [[{"role": "user", "content": "a b"}]], ["c d"]
+    completion_perplexity(model, tok, prompts, answers)
+    answer_logprobs(model, tok, prompts, answers)
+    assert seen == [True, True]
+
+
 def _report(**over):
     rep = {"usecase": "x", "model": "m", "method": "SFT", "hardware": "cpu",
            "train": {"seconds": 1.0, "throughput": {"value": 2.0, "unit": "tokens/s"}, "peak_memory_mb": 3.0},
