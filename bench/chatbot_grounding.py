@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--model_dir", required=True, help="a folder that usecase-chatbot/train.py wrote")
     parser.add_argument("--grounding", nargs="+", default=["none", "0.5", "0.6", "0.7", "0.8", "0.9"],
                         help="least ROUGE-L against the closest statement ('none': no grounding check)")
+    parser.add_argument("--redrawn_on_topic", action="store_true",
+                        help="also: decline a re-drawn answer that shares no content word with its question")
     parser.add_argument("--max_false_abstention", type=float, default=0.05)
     parser.add_argument("--out", default="runs/bench/chatbot_grounding.json")
     args = parser.parse_args(argv)
@@ -67,7 +69,12 @@ def main(argv: list[str] | None = None) -> dict:
         redrawn = {k: scoring.redraw(model, tokenizer, prompts[k], answers[k], gate, n_tokens, 48) for k in KEYS}
         given = {k: scoring.given_logprobs(model, tokenizer, prompts[k], answers[k], redrawn[k], logprobs[k])
                  for k in KEYS}
-        for reads, lps in (("given", given), ("greedy", logprobs)):  # the threshold reads the answer given / greedy
+        readings = [("given", given, redrawn), ("greedy", logprobs, redrawn)]  # the threshold reads given / greedy
+        if args.redrawn_on_topic:  # a re-drawn answer sharing no content word with its question becomes None
+            on_topic = {k: [r if r is None or r == a or not scoring.off_topic(q, r) else None
+                            for q, a, r in zip(questions[k], answers[k], redrawn[k], strict=True)] for k in KEYS}
+            readings.append(("given (re-drawn answers on the question's topic)", given, on_topic))
+        for reads, lps, redrawn in readings:
             result = {"answers": answers, "logprobs": lps, "redrawn": redrawn}
             chosen = scoring.choose_gate(result, splits, gate, args.max_false_abstention)
             declines = scoring.gate_rule(chosen)
