@@ -1,7 +1,7 @@
 """Decline when the model itself would: P(decline | question) from a chatbot trained with decline rows.
 
     python usecase-chatbot/train.py --train_declines true --output_dir runs/chatbot-declines
-    python bench/chatbot_decline_score.py --model_dir runs/chatbot-declines        # ~6 min on 2 cores
+    python bench/chatbot_decline_score.py --model_dir runs/chatbot-declines        # ~5 min on 2 cores
 
 A model trained on the decline rows (``--train_declines true``) answers some answerable questions with the
 decline as well: its greedy answer is a yes/no at a threshold it chose itself. This reads the same decision as a
@@ -18,7 +18,6 @@ chooses nothing. Writes ``runs/bench/chatbot_decline_score.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -27,37 +26,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-KEYS = ("valid", "decline_valid", "test", "decline_test")
-
-
-def _read(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def decline_scores(model, tokenizer, prompts: list[list[dict]], decline: str) -> list[float]:
-    """log P(decline | prompt): the sum over the decline's tokens (teacher-forced), one forward pass per prompt."""
-    import torch
-
-    out = []
-    with torch.inference_mode():
-        for p in prompts:
-            prompt_ids = tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=False)
-            full = tokenizer.apply_chat_template([*p, {"role": "assistant", "content": decline}], tokenize=True,
-                                                 return_dict=False)
-            ids = torch.tensor([full])
-            logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
-            target = ids[0, 1:]
-            n = len(prompt_ids) - 1  # position predicting the first answer token
-            out.append(float(logp[n:].gather(1, target[n:, None]).sum()))
-    return out
-
-
 def main(argv: list[str] | None = None) -> dict:
     from chatbot_lexical_retrieval import auc
+    from chatbot_run import KEYS, greedy_answers, load_run
     from trainers import _cpu, write_report
 
-    from common.evaluation import generate_chat_with_logprobs
-    from common.models import load_for_inference
+    from common.evaluation import answer_logprobs, generate_chat_with_logprobs
     from common.paths import load_sibling
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -67,18 +41,16 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     scoring = load_sibling(REPO / "usecase-chatbot" / "train.py", "scoring")
-    data = Path(args.model_dir) / "data"
-    splits = {key: _read(data / f"{key}.jsonl") for key in KEYS}
-    decline = splits["decline_valid"][0]["messages"][-1]["content"]
+    run = load_run(args.model_dir)
+    splits, decline, prompts = run["splits"], run["decline"], run["prompts"]
+    model, tokenizer, n_tokens = run["model"], run["tokenizer"], run["max_new_tokens"]
     docs = (REPO / "usecase-chatbot" / "data" / "help_center.md").read_text()
-    model, tokenizer, settings = load_for_inference(args.model_dir)
-    n_tokens = settings["max_new_tokens"]
-    prompts = {key: [r["messages"][:-1] for r in rows] for key, rows in splits.items()}
 
-    score = {key: decline_scores(model, tokenizer, prompts[key], decline) for key in KEYS}
-    own, own_lp, forced, forced_lp = {}, {}, {}, {}
-    for key in KEYS:
-        own[key], own_lp[key] = generate_chat_with_logprobs(model, tokenizer, prompts[key], n_tokens, 48, key)
+    # log P(decline | question): the sum over the decline's tokens, teacher-forced (end-of-turn not counted)
+    score = {key: [sum(lp) for lp in answer_logprobs(model, tokenizer, prompts[key], [decline] * len(prompts[key]))]
+             for key in KEYS}
+    own, own_lp, _ = greedy_answers(run)
+    forced, forced_lp = {}, {}
     first = tokenizer(decline, add_special_tokens=False)["input_ids"][0]
     model.generation_config.bad_words_ids = [[first]]  # the decline cannot start: the model's best other answer
     for key in KEYS:

@@ -16,7 +16,8 @@ the answer the bot gives (``scoring.given_logprobs``: a re-drawn answer's own, t
 before, that of the greedy answer even where a re-drawn one replaced it. The variant is chosen on validation -- the
 most unanswerable questions declined within the budget, then the best fact accuracy, then the first listed -- and
 the test split is scored once per variant; it chooses nothing. The fine-tuned model's own answers, before the
-router. A measurement, not part of the recipe. Writes ``runs/bench/chatbot_grounding.json``.
+router. ``--redrawn_on_topic`` adds a variant that also declines a re-drawn answer sharing no content word with
+its question (``scoring.off_topic``). A measurement, not part of the recipe. Writes ``runs/bench/chatbot_grounding.json``.
 """
 
 from __future__ import annotations

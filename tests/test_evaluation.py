@@ -102,7 +102,7 @@ def test_answer_logprobs_score_the_answer_tokens_only():
     assert forced[0] != answer_logprobs(model, tok, prompts[1:], answers[:1])[0]  # the prompt matters
 
 
-def test_scoring_answers_builds_no_autograd_graph(monkeypatch):
+def test_scoring_answers_builds_no_autograd_graph():
     """Perplexity and answer log-probs run under inference mode: no graph kept per row (memory, time)."""
     import torch
 
