@@ -151,6 +151,22 @@ def test_ungrounded_names_and_figures(chatbot_train, text, found):
     assert scoring.ungrounded(text, set(scoring.vocabulary(DOCS))) == found
 
 
+def test_question_figures_can_be_left_to_the_answer(chatbot_train):
+    """With ``question_figures`` off a figure in the question no longer declines it (names still do); answers are
+    checked for figures either way."""
+    scoring = chatbot_train.scoring
+    words = set(scoring.vocabulary(DOCS))
+    assert scoring.ungrounded("How much is the Enterprise plan, $99?", words, figures=False) == ["enterprise"]
+    both = scoring.gate_settings(DOCS, "decline")
+    names = scoring.gate_settings(DOCS, "decline", question_figures=False)
+    assert scoring.asks_unknown("Can 100 people edit one board?", both)
+    assert not scoring.asks_unknown("Can 100 people edit one board?", names)
+    assert scoring.asks_unknown("Is there a Notion integration?", names)
+    declines = scoring.gate_rule(names)
+    assert not declines("Can 100 people edit one board?", "The Team plan costs $8 per member per month.", [-0.1])
+    assert declines("Can 100 people edit one board?", "Up to 100 people can edit a board.", [-0.1])  # answer's figure
+
+
 @pytest.mark.parametrize("question, answer, off", [
     ("What is Brightboard's phone number?", "The desktop app keeps working offline and syncs changes.", True),
     ("Do monthly plans get a refund?", "Brightboard keeps working offline when you reconnect.", True),

@@ -106,14 +106,17 @@ def vocabulary(docs: str) -> list[str]:
     return sorted(set(re.findall(r"[a-z0-9]+", docs.lower().replace(",", ""))))
 
 
-def ungrounded(text: str, words: set[str]) -> list[str]:
+def ungrounded(text: str, words: set[str], figures: bool = True) -> list[str]:
     """Names and figures in ``text`` that the help center never uses: capitalized words that do not open a
-    sentence ("Notion", "Enterprise", "Linux") and numbers ("$99", "24/7"), compared as lower-case words."""
+    sentence ("Notion", "Enterprise", "Linux") and numbers ("$99", "24/7"), compared as lower-case words.
+    ``figures=False``: names only."""
     found = []
     for m in NAME_OR_NUMBER.finditer(text):
         before = text[:m.start()].rstrip()
         if m.group(0)[0].isalpha() and (not before or before[-1] in ".!?:"):
             continue  # capitalized because it opens a sentence
+        if not figures and not m.group(0)[0].isalpha():
+            continue
         found += [w for w in re.findall(r"[a-z0-9]+", m.group(0).lower().replace(",", "")) if w not in words]
     return found
 
@@ -187,6 +190,12 @@ def _answer_check(gate: dict) -> Callable[[str, str], bool]:
     return lambda question, answer: answer_passes(question, answer, words, relevance, statements, min_grounding)
 
 
+def asks_unknown(question: str, gate: dict) -> bool:
+    """The gate's check on a question: it names something the help center never uses -- a name, or (unless
+    ``gate["question_figures"]`` is False) a figure."""
+    return bool(ungrounded(question, set(gate["vocabulary"]), gate.get("question_figures", True)))
+
+
 def redraw(model, tokenizer, conversations: list[list[dict]], answers: list[str], gate: dict, max_new_tokens: int,
            batch_size: int = 16, cache: bool = False) -> list[str | None]:
     """``answers`` with each one that fails the gate's answer checks (:func:`answer_passes`) re-drawn.
@@ -197,10 +206,10 @@ def redraw(model, tokenizer, conversations: list[list[dict]], answers: list[str]
     Answers that pass, and those to a question that itself names something the docs never use (declined anyway),
     are returned as they are. ``redraw_samples: 0`` re-draws nothing: every failing answer is ``None``.
     """
-    words, passes = set(gate["vocabulary"]), _answer_check(gate)
+    passes = _answer_check(gate)
     out: list[str | None] = list(answers)
     todo = [i for i, (c, a) in enumerate(zip(conversations, answers, strict=True))
-            if not ungrounded(c[-1]["content"], words) and not passes(c[-1]["content"], a)]
+            if not asks_unknown(c[-1]["content"], gate) and not passes(c[-1]["content"], a)]
     for i in todo:
         out[i] = None
     if todo and gate.get("redraw_samples", 0):
@@ -217,24 +226,25 @@ def gate_rule(gate: dict) -> Callable[[str, str | None, list[float]], bool]:
     """The abstention gate (``vocabulary``, ``threshold`` and ``relevance``, as :func:`choose_gate` returns it and
     train.py stores it in ``inference.json``) as a test ``(question, answer, greedy answer token log-probs) ->
     decline?``. ``answer`` is the one after :func:`redraw` (``None``: no candidate passed)."""
-    words, threshold, passes = set(gate["vocabulary"]), gate["threshold"], _answer_check(gate)
+    threshold, passes = gate["threshold"], _answer_check(gate)
 
     def declines(question: str, answer: str | None, token_logprobs: list[float]) -> bool:
-        return (answer is None or bool(ungrounded(question, words))
+        return (answer is None or asks_unknown(question, gate)
                 or not passes(question, answer)
                 or (threshold is not None and confidence(token_logprobs) < threshold))
     return declines
 
 
 def gate_settings(docs: str, decline: str, relevance: bool = False, redraw_samples: int = 0,
-                  statements: list[str] = (), grounding: float | None = None) -> dict:
+                  statements: list[str] = (), grounding: float | None = None, question_figures: bool = True) -> dict:
     """The threshold-free part of the gate: what the help center names, the decline, the answer checks
-    (``grounding``: the least :func:`grounding` an answer needs against ``statements``; None: not checked)."""
+    (``grounding``: the least :func:`grounding` an answer needs against ``statements``; None: not checked) and
+    whether a figure in the *question* the docs never use declines it (``question_figures``; names always do)."""
     if grounding is not None and not statements:
         raise ValueError("a grounding check needs the help center's statements")
     return {"vocabulary": vocabulary(docs), "threshold": None, "relevance": relevance,
             "redraw_samples": redraw_samples, "decline": decline, "grounding": grounding,
-            "statements": list(statements) if grounding is not None else []}
+            "statements": list(statements) if grounding is not None else [], "question_figures": question_figures}
 
 
 def given_logprobs(model, tokenizer, conversations: list[list[dict]], answers: list[str],
