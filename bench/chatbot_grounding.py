@@ -36,10 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 def main(argv: list[str] | None = None) -> dict:
     from chatbot_lexical_retrieval import auc
-    from chatbot_run import KEYS, greedy_answers, load_run
+    from chatbot_run import KEYS, greedy_answers, load_run, recipe
     from trainers import _cpu, write_report
-
-    from common.paths import load_sibling
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model_dir", required=True, help="a folder that usecase-chatbot/train.py wrote")
@@ -51,13 +49,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default="runs/bench/chatbot_grounding.json")
     args = parser.parse_args(argv)
 
-    train_script = REPO / "usecase-chatbot" / "train.py"
-    scoring, prepare = load_sibling(train_script, "scoring"), load_sibling(train_script, "prepare_data")
+    r = recipe()
+    scoring, docs, statements = r["scoring"], r["docs"], r["statements"]
     run = load_run(args.model_dir)
     splits, decline, prompts, questions = run["splits"], run["decline"], run["prompts"], run["questions"]
     model, tokenizer, n_tokens = run["model"], run["tokenizer"], run["max_new_tokens"]
-    docs_file = REPO / "usecase-chatbot" / "data" / "help_center.md"
-    docs, statements = docs_file.read_text(), list(prepare.read_statements(docs_file).values())
     answers, logprobs, greedy_seconds = greedy_answers(run)
     seconds = {"greedy": round(greedy_seconds, 1)}
     own = {k: [scoring.grounding(a, statements) for a in answers[k]] for k in KEYS}

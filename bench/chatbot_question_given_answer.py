@@ -45,11 +45,10 @@ def explains(answer: str) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> dict:
     from chatbot_lexical_retrieval import auc
-    from chatbot_run import KEYS, greedy_answers, load_run
+    from chatbot_run import KEYS, greedy_answers, load_run, recipe, recipe_gate
     from trainers import _cpu, write_report
 
     from common.evaluation import answer_logprobs
-    from common.paths import load_sibling
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model_dir", required=True, help="a folder that usecase-chatbot/train.py wrote")
@@ -57,23 +56,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default="runs/bench/chatbot_question_given_answer.json")
     args = parser.parse_args(argv)
 
-    train_script = REPO / "usecase-chatbot" / "train.py"
-    scoring, prepare = load_sibling(train_script, "scoring"), load_sibling(train_script, "prepare_data")
+    scoring = recipe()["scoring"]
     run = load_run(args.model_dir)
-    splits, decline, prompts, questions = run["splits"], run["decline"], run["prompts"], run["questions"]
-    model, tokenizer, n_tokens = run["model"], run["tokenizer"], run["max_new_tokens"]
-    docs_file = REPO / "usecase-chatbot" / "data" / "help_center.md"
-    statements = list(prepare.read_statements(docs_file).values())
+    splits, decline, questions = run["splits"], run["decline"], run["questions"]
+    model, tokenizer = run["model"], run["tokenizer"]
     answers, logprobs, greedy_seconds = greedy_answers(run)
 
     # the recipe's gate, as train.py builds it
     start = time.perf_counter()
-    gate = scoring.gate_settings(docs_file.read_text(), decline, redraw_samples=8, statements=statements,
-                                 grounding=0.9)
-    redrawn = {k: scoring.redraw(model, tokenizer, prompts[k], answers[k], gate, n_tokens, 48) for k in KEYS}
-    given = {k: scoring.given_logprobs(model, tokenizer, prompts[k], answers[k], redrawn[k], logprobs[k]) for k in KEYS}
-    result = {"answers": answers, "logprobs": given, "redrawn": redrawn}
-    chosen = scoring.choose_gate(result, splits, gate, args.max_false_abstention)
+    gated = recipe_gate(run, answers, logprobs, args.max_false_abstention, redraw_samples=8, grounding=0.9)
+    chosen, redrawn, given = gated["chosen"], gated["redrawn"], gated["given"]
     words_only = scoring.gate_rule({**chosen, "threshold": None})
     by_gate = {k: [scoring.gate_rule(chosen)(q, a, lp) for q, a, lp in zip(questions[k], redrawn[k], given[k])]
                for k in KEYS}

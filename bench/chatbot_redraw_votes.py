@@ -33,11 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from chatbot_run import KEYS, greedy_answers, load_run
+    from chatbot_run import KEYS, greedy_answers, load_run, recipe
     from trainers import _cpu, write_report
 
     from common.evaluation import sample_chat
-    from common.paths import load_sibling
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model_dir", required=True, help="a folder that usecase-chatbot/train.py wrote")
@@ -48,24 +47,22 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default="runs/bench/chatbot_redraw_votes.json")
     args = parser.parse_args(argv)
 
-    train_script = REPO / "usecase-chatbot" / "train.py"
-    scoring, prepare = load_sibling(train_script, "scoring"), load_sibling(train_script, "prepare_data")
+    r = recipe()
+    scoring = r["scoring"]
     run = load_run(args.model_dir)
     splits, decline, prompts, questions = run["splits"], run["decline"], run["prompts"], run["questions"]
     model, tokenizer, n_tokens = run["model"], run["tokenizer"], run["max_new_tokens"]
-    docs_file = REPO / "usecase-chatbot" / "data" / "help_center.md"
-    statements = list(prepare.read_statements(docs_file).values())
     answers, logprobs, greedy_seconds = greedy_answers(run)
-    gate = scoring.gate_settings(docs_file.read_text(), decline, redraw_samples=args.samples, statements=statements,
+    gate = scoring.gate_settings(r["docs"], decline, redraw_samples=args.samples, statements=r["statements"],
                                  grounding=args.grounding)
-    words, passes = set(gate["vocabulary"]), scoring._answer_check(gate)
+    passes = scoring._answer_check(gate)
 
     # the samples scoring.redraw draws (the same prompts, batch size and seed), with their votes kept
     start = time.perf_counter()
     votes: dict[str, dict[int, tuple[str, int, list[str]]]] = {}
     for k in KEYS:
         todo = [i for i, (q, a) in enumerate(zip(questions[k], answers[k], strict=True))
-                if not scoring.ungrounded(q, words) and not passes(q, a)]
+                if not scoring.asks_unknown(q, gate) and not passes(q, a)]
         samples = sample_chat(model, tokenizer, [prompts[k][i] for i in todo], args.samples, n_tokens, 48,
                               **scoring.REDRAW, desc="re-drawing") if todo else []
         votes[k] = {}

@@ -35,3 +35,35 @@ def greedy_answers(run: dict) -> tuple[dict, dict, float]:
         answers[key], logprobs[key] = generate_chat_with_logprobs(run["model"], run["tokenizer"], run["prompts"][key],
                                                                   run["max_new_tokens"], 48, key)
     return answers, logprobs, time.perf_counter() - start
+
+
+def recipe() -> dict:
+    """The chatbot recipe's own modules and help center: ``scoring``, ``prepare`` (prepare_data), ``docs`` (the
+    text of help_center.md) and ``statements`` (its ``- {#id}`` statements, in order)."""
+    from common.paths import load_sibling
+
+    repo = Path(__file__).resolve().parents[1]
+    train_script, docs_file = repo / "usecase-chatbot" / "train.py", repo / "usecase-chatbot" / "data" / "help_center.md"
+    prepare = load_sibling(train_script, "prepare_data")
+    return {"scoring": load_sibling(train_script, "scoring"), "prepare": prepare, "docs": docs_file.read_text(),
+            "statements": list(prepare.read_statements(docs_file).values())}
+
+
+def recipe_gate(run: dict, answers: dict, logprobs: dict, max_false_abstention: float = 0.05, **settings) -> dict:
+    """The abstention gate as train.py builds it on the greedy ``answers`` (``scoring.gate_settings(**settings)``:
+    re-drawing, then the log-probability threshold of the answer given, fixed on validation within the budget).
+    Returns ``chosen`` (the gate), ``redrawn`` and ``given`` (answers and log-probs the threshold reads) and
+    ``final`` (the decline where the gate declines) per split key."""
+    r = recipe()
+    scoring = r["scoring"]
+    model, tokenizer, prompts = run["model"], run["tokenizer"], run["prompts"]
+    gate = scoring.gate_settings(r["docs"], run["decline"], statements=r["statements"], **settings)
+    redrawn = {k: scoring.redraw(model, tokenizer, prompts[k], answers[k], gate, run["max_new_tokens"], 48)
+               for k in KEYS}
+    given = {k: scoring.given_logprobs(model, tokenizer, prompts[k], answers[k], redrawn[k], logprobs[k]) for k in KEYS}
+    chosen = scoring.choose_gate({"answers": answers, "logprobs": given, "redrawn": redrawn}, run["splits"], gate,
+                                 max_false_abstention)
+    declines = scoring.gate_rule(chosen)
+    final = {k: [run["decline"] if declines(q, a, lp) else a
+                 for q, a, lp in zip(run["questions"][k], redrawn[k], given[k], strict=True)] for k in KEYS}
+    return {"chosen": chosen, "redrawn": redrawn, "given": given, "final": final}
