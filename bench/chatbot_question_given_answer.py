@@ -67,8 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
     gated = recipe_gate(run, answers, logprobs, args.max_false_abstention, redraw_samples=8, grounding=0.9)
     chosen, redrawn, given = gated["chosen"], gated["redrawn"], gated["given"]
     words_only = scoring.gate_rule({**chosen, "threshold": None})
-    by_gate = {k: [scoring.gate_rule(chosen)(q, a, lp) for q, a, lp in zip(questions[k], redrawn[k], given[k])]
-               for k in KEYS}
+    by_gate = {k: [f == decline for f in gated["final"][k]] for k in KEYS}
     by_words = {k: [words_only(q, a, lp) for q, a, lp in zip(questions[k], redrawn[k], given[k])] for k in KEYS}
     gate_seconds = time.perf_counter() - start
 
@@ -103,9 +102,8 @@ def main(argv: list[str] | None = None) -> dict:
                                        for q, f, p in zip(questions[k], final[k], pmi[k]) if f != decline]
                                    for k in ("decline_valid", "decline_test")}}
 
-    no_pmi = {k: [decline if d else a for a, d in zip(redrawn[k], by_gate[k])] for k in KEYS}
     variants = {
-        "the recipe's gate": {s: {m: round(v, 4) for m, v in scoring.split_metrics(no_pmi, splits, s).items()}
+        "the recipe's gate": {s: {m: round(v, 4) for m, v in scoring.split_metrics(gated["final"], splits, s).items()}
                               for s in ("valid", "test")},
         "the recipe's gate, then PMI": variant(by_gate),
         "word checks and re-drawing, then PMI (no log-probability threshold)": variant(by_words)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
@@ -37,9 +38,10 @@ def greedy_answers(run: dict) -> tuple[dict, dict, float]:
     return answers, logprobs, time.perf_counter() - start
 
 
+@functools.cache
 def recipe() -> dict:
     """The chatbot recipe's own modules and help center: ``scoring``, ``prepare`` (prepare_data), ``docs`` (the
-    text of help_center.md) and ``statements`` (its ``- {#id}`` statements, in order)."""
+    text of help_center.md) and ``statements`` (its ``- {#id}`` statements, in order); loaded once per process."""
     from common.paths import load_sibling
 
     repo = Path(__file__).resolve().parents[1]

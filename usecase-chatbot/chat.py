@@ -13,9 +13,9 @@ the left (its end is kept), with a warning on stderr.
 ``merged/`` sub-folder, or any model name for comparison. With ``--question`` only the answer is printed.
 A run folder's abstention gate (``inference.json``) applies: a question that names what the help center never
 mentions, or an answer the model is unsure of, gets the decline; an answer naming such a thing, or restating no
-statement of the help center, is re-drawn first -- as in the run's report. With the run's router (``router.safetensors``), a question that is not about the
-product is answered by the base model's own weights (the adapter switched off), without the gate and without the
-bot's system prompt.
+statement of the help center, is re-drawn first -- as in the run's report. With the run's router
+(``router.safetensors``), a question that is not about the product is answered by the base model's own weights
+(the adapter switched off), without the gate and without the bot's system prompt.
 """
 
 from __future__ import annotations
