@@ -233,9 +233,18 @@ def test_generation_cache_reads_back_only_what_the_same_weights_prompts_and_sett
     assert generation_cache.fingerprint(model) != before
     generate_chat(model, tok, prompts, max_new_tokens=5, batch_size=2, cache=True)
     assert len(calls) == 9  # changed weights: generated again
+    # a LoRA adapter merged *in place* writes through ``.data`` (no version bump): still a new fingerprint, a miss
+    from peft import LoraConfig, get_peft_model
+
+    before = generation_cache.fingerprint(model)
+    merged = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)
+                            ).merge_and_unload()
+    assert merged is model and generation_cache.fingerprint(model) != before
+    generate_chat(model, tok, prompts, max_new_tokens=5, batch_size=2, cache=True)
+    assert len(calls) == 11
     for entry in tmp_path.glob("*.json"):
         entry.write_text("{not json")  # a damaged entry is a miss, then replaced
     generate_chat(model, tok, prompts, max_new_tokens=5, batch_size=2, cache=True)
-    assert len(calls) == 11
+    assert len(calls) == 13
     monkeypatch.setenv("COOKBOOK_GENERATION_CACHE", "0")
     assert generation_cache.folder() is None

@@ -168,6 +168,29 @@ def test_a_bad_data_file_exits_2_before_any_model_loads(tmp_path):
     assert "Traceback" not in proc.stderr and not (tmp_path / "run" / "report.json").exists()
 
 
+def test_one_process_run_reports_the_dpo_weights_own_answers(tmp_path, monkeypatch):
+    """SFT -> DPO in one process, the generation cache on: the base model object is merged in place twice (SFT,
+    then DPO), so the answers the report gives the DPO model must be the merged weights' own -- those a fresh load of
+    OUTPUT_DIR/merged gives -- never the base model's read back from the cache."""
+    from common.evaluation import generate_chat
+
+    monkeypatch.setenv("COOKBOOK_GENERATION_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    train = load_sibling(FOLDER / "train.py", "train")
+    train.main(["--config", str(FOLDER / "config.smoke.yaml"), "--output_dir", str(out), "--learning_rate", "0.05",
+                "--dpo_learning_rate", "0.05", "--triage", "false"])
+    evals = {tag: json.loads((out / f"eval_{tag}.json").read_text()) for tag in ("base", "sft", "dpo")}
+    questions = {s: prepare.questions([json.loads(line) for line in (out / "data" / f"{s}.jsonl").open()])
+                 for s in ("valid", "test")}
+    merged = load_causal_lm(ModelArguments(model_name_or_path=str(out / "merged")))
+    tokenizer = load_tokenizer(str(out))
+    for split in ("valid", "test"):
+        fresh = generate_chat(merged, tokenizer, [q["prompt"] for q in questions[split]], 8, 32)
+        assert evals["dpo"]["answers"][split] == fresh, split  # the DPO weights' own answers
+    assert evals["dpo"]["answers"] != evals["base"]["answers"]  # other weights, other answers: not the base's
+    assert len({e["key"] for e in evals.values()}) == 3  # each stage's evaluation keyed by its own weights
+
+
 # ----------------------------------------------------------------------------- DPO on a tiny model
 def _sft_args(tmp_path, **kw):
     return SFTConfig(output_dir=str(tmp_path / "sft"), use_cpu=True, bf16=False, activation_checkpointing=False,

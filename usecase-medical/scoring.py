@@ -23,16 +23,21 @@ own greedy answers, and ``triage_accuracy`` is the share of labelled questions t
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import math
 import re
 import sys
 from pathlib import Path
 
+from common import generation_cache
 from common.data import read_yaml
 from common.errors import DataError
 from common.evaluation import generate_chat, normalize, retention, term_present
 from common.preference import pair_logps, pair_metrics
+
+logger = logging.getLogger("medical")
 
 # Phrases that send the user to emergency care (matched on normalized, lower-case text).
 EMERGENCY = re.compile(
@@ -101,10 +106,19 @@ def read_general(path: str | Path, limit: int | None = None) -> list[dict]:
 def evaluate(model, tokenizer, splits: dict, questions: dict, general_sets: dict, args, tag: str,
              cache: Path | None = None) -> dict:
     """Everything the report needs from one model: pair log-probabilities (valid, test), greedy answers to the
-    validation / test questions and to the general sets. Cached as JSON in ``cache`` (a resumed run reuses it)."""
+    validation / test questions and to the general sets.
+
+    Kept as JSON in ``cache`` (a resumed run reuses it) under a key made of the model's weights
+    (:func:`common.generation_cache.fingerprint`), the pairs, questions and the settings that change them: a
+    file another model or other settings wrote is evaluated again, never read back.
+    """
+    key = _evaluation_key(model, splits, questions, general_sets if tag != "sft" else {}, args)
     if cache is not None and cache.exists():
-        return json.loads(cache.read_text())
-    result: dict = {"logps": {}, "answers": {}}
+        stored = json.loads(cache.read_text())
+        if stored.get("key") == key:
+            return stored
+        logger.info("%s was written by other weights or settings: evaluating %s again", cache.name, tag)
+    result: dict = {"key": key, "logps": {}, "answers": {}}
     for split in ("valid", "test"):
         lp = pair_logps(model, tokenizer, splits[split], args.eval_batch_size, f"{tag}: {split} pairs")
         result["logps"][split] = {k: v.tolist() for k, v in lp.items()}
@@ -120,6 +134,16 @@ def evaluate(model, tokenizer, splits: dict, questions: dict, general_sets: dict
     if cache is not None:
         cache.write_text(json.dumps(result))
     return result
+
+
+def _evaluation_key(model, splits: dict, questions: dict, general_sets: dict, args) -> str:
+    """SHA-256 of what an evaluation's results depend on: the weights, the pairs, the questions, the settings."""
+    payload = {"model": generation_cache.fingerprint(model),
+               "pairs": {s: splits[s] for s in ("valid", "test")},
+               "questions": {s: [q["prompt"] for q in questions[s]] for s in ("valid", "test")},
+               "general": general_sets,
+               "settings": [args.max_new_tokens, args.general_max_new_tokens, args.eval_batch_size]}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def split_metrics(ev: dict, reference: dict, questions: dict, split: str, beta: float) -> dict:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from common.generation_cache import fingerprint
 from common.vision.args import VisionModelArguments
 from common.vision.data import FeatureDataset, ImageDataset
 from common.vision.models import ImageClassifier, LinearHead, head_name, inference_device, model_dtype
@@ -22,9 +23,7 @@ from common.vision.models import ImageClassifier, LinearHead, head_name, inferen
 def _features_key(model: nn.Module, dataset: ImageDataset, cache: str | Path) -> Path:
     """Cache file named by the weights' fingerprint, the image list (paths, sizes, mtimes) and the transform."""
     h = hashlib.sha256(repr(dataset.transform).encode())
-    for name, t in model.state_dict().items():
-        h.update(name.encode())
-        h.update(t.float().flatten()[:64].cpu().numpy().tobytes())
+    h.update(fingerprint(model).encode())  # every weight, every byte: a merged or retrained backbone is a miss
     for s in dataset.samples:
         p = Path(s.name)
         h.update(s.name.encode())
