@@ -1,12 +1,17 @@
-"""Merge LoRA adapters into the base weights, prove the merge is faithful, save safetensors + a model card."""
+"""Merge LoRA adapters into the base weights, prove the merge is faithful, save safetensors + a model card.
+
+The card (``merged/README.md``) is built by :mod:`common.model_card`; ``cookbook export`` takes the merged model on to
+GGUF (:mod:`common.gguf_export`).
+"""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+
+from common.model_card import write_model_card
 
 
 @torch.inference_mode()
@@ -103,30 +108,3 @@ def merge_and_export(peft_model, tokenizer, out_dir: str | Path, probe: Sequence
     tokenizer.save_pretrained(out)
     write_model_card(out, card or {}, diff)
     return diff
-
-
-def write_model_card(out_dir: Path, card: dict, parity: float) -> Path:
-    """A README.md model card: what the model is for, how it was made, measured metrics, and its limits."""
-    metrics = json.dumps(card.get("metrics", {}), indent=2, default=str)
-    text = f"""---
-library_name: transformers
-tags: [fine-tuning-cookbook, lora-merged]
----
-
-# {card.get("task", "Fine-tuned model")}
-
-Base weights with the LoRA adapter merged in (max |logit difference| against base + adapter: {parity:.2e}).
-Saved as safetensors.
-
-- **Training data:** {card.get("data", "see the use case README")}
-- **Limits:** {card.get("limits", "trained on a small, narrow dataset; check answers before relying on them.")}
-
-## Held-out metrics after fine-tuning
-
-```json
-{metrics}
-```
-"""
-    path = Path(out_dir) / "README.md"
-    path.write_text(text)
-    return path

@@ -183,8 +183,14 @@ def main(argv: list[str] | None = None) -> dict:
     if args.export_merged and model_args.use_peft:
         train_stats["merge_max_abs_logit_diff"] = merge_and_export(
             trainer.model, tokenizer, out / "merged", [r["messages"][:-1] for r in splits["test"][:4]],
-            card={"task": "Brightboard support chatbot", "metrics": tuned["test"],
-                  "data": "usecase-chatbot/data/help_center.md (fictional product, Apache-2.0)"})
+            card={"task": "Brightboard support chatbot", "usecase": "usecase-chatbot",
+                  "base_model": model_args.model_name_or_path, "primary_metric": "fact_accuracy",
+                  "metrics_before": base["test"], "metrics": tuned["test"],
+                  "eval_dataset": "Brightboard questions, unseen phrasings (test split)",
+                  "data": "usecase-chatbot/data/help_center.md (fictional product, Apache-2.0)",
+                  "limits": "the metrics include the abstention gate and the router, which run in Python around "
+                            "these weights (usecase-chatbot/chat.py); the weights alone, and their GGUF / Ollama "
+                            "export, answer without them. Trained on one fictional product's help docs."})
     scoring.write_predictions(out / "predictions.jsonl", splits["test"], base["answers"]["test"],
                               tuned["answers"]["test"], tuned.get("answers_ungated", {}).get("test"),
                               gate and gate["decline"], tuned.get("answers_adapter", {}).get("test"))

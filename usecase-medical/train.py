@@ -154,7 +154,11 @@ def main(argv: list[str] | None = None) -> dict | None:
         dpo_stats["merge_max_abs_logit_diff"] = merge_and_export(
             trainer.model, tokenizer, out / "merged", [q["prompt"] for q in questions["test"][:4]],
             card={"task": "Symptom questions with red-flag escalation (tutorial model; not medical advice)",
-                  "data": "usecase-medical/data/conditions.yaml (CC0)", "metrics": "see report.json beside it"})
+                  "usecase": "usecase-medical", "base_model": model_args.model_name_or_path, "tags": ["lora", "dpo"],
+                  "data": "usecase-medical/data/conditions.yaml (CC0)",
+                  "eval_dataset": "questions about unseen conditions (test split)",
+                  "limits": "not medical advice. The run's metrics include the triage check, which runs in Python "
+                            "(usecase-medical/chat.py) around these weights."})
     dpo_model = merge_adapter(trainer.model)  # generation without the adapter's extra matmuls
     evals["dpo"] = scoring.evaluate(dpo_model, tokenizer, splits, questions, general_sets, args, "dpo",
                                     out / "eval_dpo.json")
