@@ -11,11 +11,14 @@ The hardware precision policy (:mod:`common.hardware`) is injected as parser *de
 from __future__ import annotations
 
 import sys
+import types
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import yaml
 from torch import nn
 from trl import ModelConfig, TrlParser, get_peft_config
 
@@ -96,11 +99,13 @@ def parse_config(
 
     Raises:
         ConfigError: a YAML key or flag that no dataclass declares (the message names it), or an ``output_dir``
-            that already holds a finished run (``report.json``): it is never trained over.
+            that already holds a finished run (``report.json``): it is never trained over. (A recipe then claims
+            the folder with :func:`common.run_folder.claim` once its own checks pass.)
     """
     args = list(sys.argv[1:] if args is None else args)
     if "--config" not in args and default_config is not None:
         args = ["--config", str(default_config), *args]
+    _check_config_file(args[args.index("--config") + 1] if "--config" in args[:-1] else None)
     parser = TrlParser(dataclass_types)
     parser.allow_abbrev = False  # `--learning_rat` is an error, not a silent prefix match
     # The hardware policy becomes the default; YAML (set_defaults_with_config) and flags override it.
@@ -112,11 +117,52 @@ def parse_config(
         raise ConfigError(f"Unknown configuration keys or flags: {remaining} (check the spelling; "
                           f"`--help` lists every key)")
     for instance in instances:
+        _check_types(instance)
         if hasattr(instance, "bf16"):
             check_training_precision(instance)
         if getattr(instance, "output_dir", None):
             refuse_finished_run(instance.output_dir)  # before any data or model work
     return tuple(instances)
+
+
+def _check_types(instance: Any) -> None:
+    """A value of the wrong type (``eval_batch_size: 16.0``, ``lora_r: "8"`` in a YAML file -- values from the YAML
+    reach the dataclasses unconverted) stops here naming the key, before any model loads."""
+    try:
+        hints = typing.get_type_hints(type(instance))
+    except Exception:  # a library's annotation that does not resolve here: nothing to check against
+        return
+    for f in fields(instance):
+        value, hint = getattr(instance, f.name, None), hints.get(f.name)
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        allowed = {a for a in typing.get_args(hint) if a is not type(None)} if union else {hint}
+        if value is None or not allowed <= {int, float, bool, str}:
+            continue
+        if float in allowed and bool not in allowed:
+            allowed.add(int)  # 1 is a fine learning rate
+        if type(value) not in allowed or (isinstance(value, bool) and bool not in allowed):
+            names = " or ".join(sorted(t.__name__ for t in allowed if not (t is int and float in allowed)))
+            raise ConfigError(f"{f.name} must be {names}, got {value!r} ({type(value).__name__})")
+
+
+def _check_config_file(path: str | None) -> None:
+    """A ``--config`` that is missing, not YAML, or not a mapping of keys stops here with one line naming it."""
+    if path is None:
+        return
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"--config {path}: no such file (each recipe's configs are in its folder, e.g. "
+                          "usecase-chatbot/config.yaml)")
+    try:
+        content = yaml.safe_load(file.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+    if content is not None and not isinstance(content, dict):
+        raise ConfigError(f"{path}: a config is a mapping of `key: value` lines, not a {type(content).__name__}")
 
 
 def to_dict(*instances: Any) -> dict:

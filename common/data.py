@@ -36,13 +36,17 @@ class DataFileMissing(DataError, FileNotFoundError):
 
 
 def _not_utf8(path: Path, e: UnicodeDecodeError) -> DataValidationError:
-    return DataValidationError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at byte offset {e.start}); "
-                               f"save the file as UTF-8")
+    line = e.object[:e.start].count(b"\n") + 1
+    return DataValidationError(f"{path}, line {line}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at byte offset "
+                               f"{e.start}); save the file as UTF-8 (in Excel: CSV UTF-8)")
 
 
 def read_text(path: str | Path) -> str:
-    """The UTF-8 text of a data file; a missing file, a folder or non-UTF-8 bytes raise a :class:`DataError`
-    naming the file (and the byte offset of the first bad byte)."""
+    """The UTF-8 text of a data file (with or without a byte-order mark; any line ending); a missing file, a folder
+    or non-UTF-8 bytes raise a :class:`DataError` naming the file (and the line of the first bad byte).
+
+    Every text file a recipe takes is read through here (or :func:`read_csv`, :func:`read_jsonl`,
+    :func:`read_yaml`), so that each reads the same encodings and fails the same way."""
     path = Path(path)
     if not path.exists():
         raise DataFileMissing(f"{path}: no such file")
@@ -50,7 +54,7 @@ def read_text(path: str | Path) -> str:
         raise DataValidationError(f"{path}: is a folder, not a file")
     data = path.read_bytes()
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")  # a byte-order mark (Excel's "CSV UTF-8") is dropped, not read as text
     except UnicodeDecodeError as e:
         raise _not_utf8(path, e) from None
 
@@ -89,6 +93,18 @@ def read_jsonl(path: Path) -> list[tuple[int, dict]]:
     return rows
 
 
+def read_csv(path: str | Path) -> tuple[list[str], list[tuple[int, dict]]]:
+    """The header and ``(line number, row)`` of every row of a CSV file (read as :func:`read_text` reads)."""
+    import io
+
+    try:
+        reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+        rows = [(reader.line_num, row) for row in reader]
+    except csv.Error as e:
+        raise DataValidationError(f"{path}, line {reader.line_num}: not valid CSV ({e})") from None
+    return [name.strip() for name in reader.fieldnames or []], rows
+
+
 def write_jsonl_splits(splits: dict[str, list[dict]], out_dir: str | Path, write: bool = True) -> dict[str, Path]:
     """``out_dir/<split>.jsonl`` for every split (the exact rows trained and scored, kept with the run); returns the
     paths. ``write=False`` only names them: under ``accelerate launch`` the main process writes, the others read."""
@@ -117,9 +133,7 @@ def read_rows(source: str | Path) -> list[dict]:
             raise DataValidationError(f"{path}: expected a JSON list of objects")
         return data
     if path.suffix == ".csv":
-        import io
-
-        return list(csv.DictReader(io.StringIO(read_text(path), newline="")))
+        return [row for _, row in read_csv(path)[1]]
     raise DataValidationError(f"{path}: unsupported file type '{path.suffix}' (use .jsonl, .json or .csv)")
 
 

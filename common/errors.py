@@ -7,11 +7,14 @@
     if __name__ == "__main__":
         run_main(main)          # exit code 2 and the message, no traceback (--debug or COOKBOOK_DEBUG=1 shows it)
 
-Anything else that escapes ``main`` is a bug and keeps its traceback.
+An operating-system error (a missing file, a read-only or full disk, a path through a file) is reported the same
+way, as one line naming the path; a closed pipe (``... | head -1``) ends the script quietly. Anything else that
+escapes ``main`` is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from collections.abc import Callable
@@ -47,8 +50,23 @@ def run_main(main: Callable[[], object]) -> None:
     sys.argv[1:] = [a for a in sys.argv[1:] if a != "--debug"]
     try:
         main()
-    except CookbookError as e:
+    except BrokenPipeError:  # `chat.py ... | head -1`: the reader left; nothing more to say
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that flushing stdout at exit does not fail again
+        sys.exit(1)
+    except (CookbookError, OSError) as e:
         if debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_describe(e)}", file=sys.stderr)
         sys.exit(USAGE_EXIT_CODE)
+
+
+def _describe(e: BaseException) -> str:
+    """One line for the user: a cookbook error's own message; an operating-system error's path and reason."""
+    if isinstance(e, OSError) and not isinstance(e, CookbookError) and e.strerror:
+        path = f"{e.filename}: " if e.filename else ""
+        hint = {errno.ENOSPC: " (free some disk space, or pass another --output_dir)",
+                errno.EACCES: " (pass a folder you can write to)", errno.EROFS: " (pass a writable folder)",
+                errno.ENOTDIR: " (a part of this path is a file, not a folder)"}.get(e.errno, "")
+        return f"{path}{e.strerror}{hint}"
+    return str(e)

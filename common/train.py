@@ -7,11 +7,12 @@ for text, ``transformers.Trainer`` for vision) -- so checkpoints, resume, early 
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
 
-from transformers import EarlyStoppingCallback, Trainer, TrainerState
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainerState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from common.errors import ConfigError, ModelPathError
@@ -150,26 +151,59 @@ def refuse_finished_run(output_dir: str | Path) -> None:
                           "Pass a new --output_dir, or delete the folder to train again.")
 
 
+class _SegmentClock(TrainerCallback):
+    """Keeps each training segment's wall time and tokens in ``OUTPUT_DIR/train_segments.json``, updated at every
+    step: a run killed and resumed reports the time of every segment it took, not only the last one's."""
+
+    FILE = "train_segments.json"
+
+    def __init__(self, trainer: Trainer, start_step: int):
+        self.trainer, self.path = trainer, Path(trainer.args.output_dir) / self.FILE
+        previous = json.loads(self.path.read_text()) if start_step and self.path.exists() else []
+        self.segments = [*previous, {"from_step": start_step, "to_step": start_step, "seconds": 0.0, "tokens": 0}]
+        self.t0 = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.update(state.global_step)
+
+    def update(self, step: int) -> list[dict]:
+        tokens = getattr(self.trainer, "_total_train_tokens", 0)  # TRL's count of this segment's tokens
+        self.segments[-1].update(to_step=step, seconds=round(time.perf_counter() - self.t0, 3), tokens=tokens)
+        if self.trainer.is_world_process_zero():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.segments, indent=1))
+            tmp.replace(self.path)
+        return self.segments
+
+
 def train_and_measure(trainer: Trainer, token_key: str | None = "num_tokens", unit: str = "tokens/s") -> dict:
     """Run ``trainer.train()`` (resuming if a checkpoint exists) and return what the report needs.
 
     Returns ``{trainable_parameters, total_parameters, seconds, steps, epochs, throughput: {value, unit},
-    samples_per_second, peak_memory_mb, first_train_loss, final_train_loss, best_checkpoint, resumed_from}``. Throughput counts the tokens (or samples) processed in *this*
-    invocation per second of wall time. Checkpoint paths are relative to ``output_dir`` (reports are committed).
+    samples_per_second, peak_memory_mb, first_train_loss, final_train_loss, best_checkpoint, resumed_from,
+    segments}``. After a resume, ``seconds`` is the wall time of every segment the run took (a killed segment's
+    steps after its last checkpoint count: they were waited for) and the throughput the tokens (or samples) they
+    processed per second of it; ``segments`` lists them. Checkpoint paths are relative to ``output_dir`` (reports
+    are committed).
     """
     reset_peak_memory()
     resume = resume_checkpoint(trainer.args)
     start_step = TrainerState.load_from_json(str(Path(resume) / "trainer_state.json")).global_step if resume else 0
-    t0 = time.perf_counter()
-    out = trainer.train(resume_from_checkpoint=resume)
-    seconds = time.perf_counter() - t0
+    clock = _SegmentClock(trainer, start_step)
+    trainer.add_callback(clock)
+    try:
+        out = trainer.train(resume_from_checkpoint=resume)
+    finally:
+        trainer.remove_callback(clock)
+    segments = clock.update(trainer.state.global_step)
+    seconds = sum(seg["seconds"] for seg in segments)
     history = trainer.state.log_history
-    # TRL counts the (non-padding) tokens it trained on (pinned by a test); fall back to the last logged count.
-    tokens = getattr(trainer, "_total_train_tokens", None) if token_key else None
-    if not tokens:
-        tokens = next((h[token_key] for h in reversed(history) if token_key and token_key in h), None)
+    tokens = sum(seg["tokens"] for seg in segments) if token_key else None
+    if not tokens and token_key:  # a trainer that does not count them: the last logged cumulative count
+        tokens = next((h[token_key] for h in reversed(history) if token_key in h), None)
     samples = out.metrics.get("train_samples_per_second")
-    if tokens is not None:
+    if tokens:
         throughput = {"value": round(tokens / seconds, 1), "unit": unit}
     else:
         throughput = {"value": samples, "unit": "samples/s"}
@@ -188,4 +222,5 @@ def train_and_measure(trainer: Trainer, token_key: str | None = "num_tokens", un
         "final_train_loss": losses[-1] if losses else None,
         "best_checkpoint": portable_path(trainer.state.best_model_checkpoint, trainer.args.output_dir),
         "resumed_from": portable_path(resume, trainer.args.output_dir),
+        "segments": len(segments),
     }

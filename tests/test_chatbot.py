@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from common.errors import ConfigError
+
 SCRIPT = Path(__file__).resolve().parents[1] / "usecase-chatbot" / "train.py"
 
 
@@ -455,14 +457,14 @@ def test_chat_answers_general_questions_with_the_adapter_off_and_without_the_gat
     assert answers == [base_answer, gate["decline"]]  # a batch keeps its order
 
 
-def test_a_run_without_the_router_removes_the_one_an_earlier_run_left(chatbot_train, tmp_path):
-    """chat.py uses any router.safetensors it finds in the run folder: a run killed before its report, resumed with
-    --router false, must not leave the first attempt's router behind."""
+def test_a_killed_run_restarted_without_the_router_is_refused(chatbot_train, tmp_path):
+    """chat.py uses any router.safetensors it finds in the run folder: a run killed before its report cannot be
+    restarted with --router false into the same folder (the first attempt's router would be mixed in)."""
     smoke, run = SCRIPT.parent / "config.smoke.yaml", tmp_path / "run"
     chatbot_train.main(["--config", str(smoke), "--output_dir", str(run), "--max_general_questions", "4"])
     assert (run / "router.safetensors").exists()  # config.smoke.yaml: router: true
     (run / "report.json").unlink()  # as if killed after saving, before the report: the folder resumes
-    chatbot_train.main(["--config", str(smoke), "--output_dir", str(run), "--max_general_questions", "4",
-                        "--router", "false"])
-    assert not (run / "router.safetensors").exists()
-    assert json.loads((run / "report.json").read_text())["router"] is None
+    with pytest.raises(ConfigError, match=r"router: True -> False"):
+        chatbot_train.main(["--config", str(smoke), "--output_dir", str(run), "--max_general_questions", "4",
+                            "--router", "false"])
+    assert (run / "router.safetensors").exists() and not (run / "report.json").exists()

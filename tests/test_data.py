@@ -1,10 +1,13 @@
 """Bad rows are rejected before training, with the file, the row and the problem in the message."""
 
 import json
+from pathlib import Path
 
 import pytest
 
 from common.data import DataValidationError, load_dataset_validated, messages_to_prompt_completion, read_rows
+
+REPO = Path(__file__).resolve().parents[1]
 
 GOOD = {"messages": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]}
 
@@ -88,5 +91,50 @@ def test_non_utf8_file_names_the_byte_offset(tmp_path):
 
     path = tmp_path / "x.jsonl"
     path.write_bytes(b'{"a": "caf\xe9"}\n')
-    with pytest.raises(DataError, match=r"x\.jsonl: not UTF-8 text \(byte 0xe9 at byte offset 10\)"):
+    with pytest.raises(DataError, match=r"x\.jsonl, line 1: not UTF-8 text \(byte 0xe9 at byte offset 10\)"):
         read_rows(path)
+
+
+# --- every text file read one way: UTF-8 with or without a byte-order mark, any line ending -----------------------
+def test_a_csv_saved_by_excel_reads_the_same_as_plain_utf8(tmp_path):
+    from common.data import read_csv
+
+    plain, excel = tmp_path / "plain.csv", tmp_path / "excel.csv"
+    plain.write_bytes(b"path,label\na.png,scratch\nb.png,dent\n")
+    excel.write_bytes(b"\xef\xbb\xbf" + b"path,label\r\na.png,scratch\r\nb.png,dent\r\n")  # "CSV UTF-8"
+    assert read_csv(excel) == read_csv(plain) == (["path", "label"], [(2, {"path": "a.png", "label": "scratch"}),
+                                                                      (3, {"path": "b.png", "label": "dent"})])
+    assert read_rows(excel) == read_rows(plain)
+
+
+def test_another_encoding_is_refused_naming_file_and_line(tmp_path):
+    f = tmp_path / "costs.csv"
+    f.write_bytes("part,damage\nbumper,dent\nb\u00e9quille,scratch\n".encode("cp1252"))  # Windows-1252
+    with pytest.raises(DataValidationError, match=r"costs.csv, line 3: not UTF-8 text .*save the file as UTF-8"):
+        read_rows(f)
+
+
+def test_the_car_damage_cost_table_reads_a_byte_order_mark_and_names_a_bad_encoding(tmp_path):
+    from common.paths import load_sibling
+
+    costs = load_sibling(REPO / "usecase-car-damage" / "train.py", "costs")
+    bundled = REPO / "usecase-car-damage" / "data" / "cost_table.csv"
+    with_bom = tmp_path / "cost_table.csv"
+    with_bom.write_bytes(b"\xef\xbb\xbf" + bundled.read_bytes())
+    assert costs.CostTable.load(with_bom).entries == costs.CostTable.load(bundled).entries
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(bundled.read_bytes() + "wing,dent,minor,caf\u00e9 repair,0,1.0,60\n".encode("cp1252"))
+    with pytest.raises(DataValidationError, match=r"latin.csv, line \d+: not UTF-8"):
+        costs.CostTable.load(latin)
+
+
+def test_a_malformed_boxes_file_names_file_and_row(tmp_path):
+    from common.errors import DataError
+    from common.vision.data import samples_from_folder
+
+    for split in ("train", "val", "test"):
+        for label in ("good", "scratch"):
+            (tmp_path / split / label).mkdir(parents=True)
+    (tmp_path / "boxes.jsonl").write_text('{"path": "train/good/a.png", "box": null}\n{not json\n')
+    with pytest.raises(DataError, match=r"boxes.jsonl, row 2: not valid JSON"):
+        samples_from_folder(tmp_path)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from common.errors import DataError
+from common.models import TINY_TEXT_ALIAS, load_tokenizer
 from common.paths import load_sibling
 
 REPO = Path(__file__).resolve().parents[1]
@@ -319,9 +320,17 @@ def test_contract_is_split_at_numbered_sections_and_headings():
         "One clause, no structure, thirty (30) days."]
 
 
-def test_long_clause_is_chunked_with_bounded_pieces():
-    pieces = predict.split_clauses(" ".join(["The Supplier shall deliver the goods."] * 200))
-    assert len(pieces) > 1 and all(len(p.split()) <= predict.MAX_CLAUSE_WORDS for p in pieces)
+@pytest.mark.parametrize("clause", [
+    " ".join(["The Supplier shall deliver the goods."] * 200),  # sentences: cut at their ends
+    "供应商应在三十天内交付货物并承担运输费用" * 60,  # written without spaces or sentence ends: cut by tokens
+])
+def test_long_clause_is_cut_by_tokens_and_said(clause, capsys):
+    tokenizer = load_tokenizer(TINY_TEXT_ALIAS)
+    pieces = predict.fit_clauses(tokenizer, ["Short clause.", clause])
+    n_tokens = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in pieces]
+    assert pieces[0] == "Short clause." and len(pieces) > 2 and max(n_tokens) <= predict.MAX_CLAUSE_TOKENS
+    assert "clause 2 is longer than 300 tokens" in capsys.readouterr().err
+    assert "".join(pieces[1:]).replace(" ", "") == clause.replace(" ", "")  # nothing lost
 
 
 def test_json_output_is_only_json(tmp_path, capsys):

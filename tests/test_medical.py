@@ -430,3 +430,13 @@ def test_greedy_with_a_forbidden_opening_starts_otherwise_on_a_real_model(tiny_t
     free, first = triage._greedy(model, tiny_tokenizer, text, 6)
     forced, other = triage._greedy(model, tiny_tokenizer, text, 6, forbid=[first])
     assert first != -1 and other not in (first, -1)  # the same greedy decoding, another first token
+
+
+def test_chat_cuts_a_question_longer_than_the_context_and_says_so(capsys):
+    chat = load_sibling(FOLDER / "chat.py", "chat")
+    model, tokenizer, settings = chat.load(TINY_TEXT_ALIAS)
+    model.config.max_position_embeddings = 128
+    settings["max_new_tokens"] = 4
+    question = "my head aches and " * 200 + "what should I do?"
+    assert len(chat.ask(model, tokenizer, settings, [question])) == 1
+    assert "only its last" in capsys.readouterr().err

@@ -1,8 +1,8 @@
 """The main job, for real: the default medical config (SFT, then DPO) on the embedded SmolLM2-135M-Instruct.
 
 Asserts on the held-out conditions what the committed default run measured (usecase-medical/results/report.json:
-preference accuracy 9.1% -> SFT 50% -> DPO + SFT term 100%, validation 95.8%; reward margin 4.4; escalation
-0% -> 94.4% -> 100% with the triage check (the DPO model alone 83.3%), over-escalation 0% -> 40% -> 6.7% (alone
+preference accuracy 10.1% -> SFT 50% -> DPO + SFT term 100%, validation 95.8%; reward margin 4.4; escalation
+0% -> 94.4% -> 100% with the triage check (the DPO model alone 83.3%), over-escalation 0% -> 53.3% -> 6.7% (alone
 26.7%); the check calls 97% of the questions right; retention 91.2%), with some slack: DPO's preference accuracy
 >= 90% and far above the base model's, a positive reward margin against the SFT reference and chosen answers not
 pushed far down (the SFT term), final answers that escalate >= 90% of the unseen red flags and over-escalate <= 15%

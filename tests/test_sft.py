@@ -1,5 +1,7 @@
 """SFT on a tiny random SmolLM2 (real tokenizer and chat template): masking, learning, resume, merge parity."""
 
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -98,10 +100,18 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     killed = _trainer(tmp_path / "b", **kw)
     killed.add_callback(_Kill(at=4))
     with pytest.raises(KeyboardInterrupt):
-        killed.train()
+        train_and_measure(killed)
     resumed = _trainer(tmp_path / "b", **kw)  # a new process would build exactly this
     stats = train_and_measure(resumed)
     assert stats["resumed_from"].endswith("checkpoint-4") and stats["steps"] == 2
+    # the report's time and throughput cover both segments, not only the last one
+    segments = json.loads(Path(resumed.args.output_dir, "train_segments.json").read_text())
+    assert stats["segments"] == len(segments) == 2 and segments[0]["to_step"] >= 3 and segments[1]["to_step"] == 6
+    assert all(seg["seconds"] > 0 and seg["tokens"] > 0 for seg in segments)
+    assert stats["seconds"] == pytest.approx(sum(seg["seconds"] for seg in segments), abs=2e-3)
+    assert stats["seconds"] > segments[1]["seconds"]
+    assert stats["throughput"]["value"] == pytest.approx(sum(seg["tokens"] for seg in segments) / stats["seconds"],
+                                                         rel=1e-2)
     # The loss curve after the resume point equals the uninterrupted run's (the tolerance the README states).
     curve = {h["step"]: h["loss"] for h in straight.state.log_history if "loss" in h}
     after = {h["step"]: h["loss"] for h in resumed.state.log_history if "loss" in h and h["step"] > 4}

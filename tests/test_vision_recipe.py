@@ -4,6 +4,7 @@ real-model run. Reports hold no absolute machine paths; test images are found ag
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -87,11 +88,13 @@ def test_smoke_recipe_resumes_a_killed_run(tmp_path):
     _generate(tmp_path / "smoke-data")
     common = ["--config", str(USECASE / "config.smoke.yaml"), "--output_dir", str(tmp_path / "run"),
               "--data_dir", str(tmp_path / "smoke-data"), "--save_strategy", "steps", "--save_steps", "1",
-              "--per_device_train_batch_size", "5"]
-    train.main([*common, "--max_steps", "1"])
+              "--per_device_train_batch_size", "5", "--max_steps", "3"]
+    train.main(common)
     assert (tmp_path / "run" / "checkpoint-1" / "trainer_state.json").exists()
-    (tmp_path / "run" / "report.json").unlink()  # killed after the checkpoint: no report (a finished run is refused)
-    train.main([*common, "--max_steps", "3"])  # steps 2 and 3 only: 10 of the 20 training images
+    for later in ("checkpoint-2", "checkpoint-3"):  # as if killed after checkpoint-1
+        shutil.rmtree(tmp_path / "run" / later)
+    (tmp_path / "run" / "report.json").unlink()
+    train.main(common)  # the same settings resume: steps 2 and 3 only, 10 of the 20 training images
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["train"]["images_seen"] == pytest.approx(10)
 

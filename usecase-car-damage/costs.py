@@ -11,13 +11,13 @@ and severity label sets are the values it lists, and only the combinations it li
 
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from common.data import read_csv
 from common.errors import DataError
 
 COLUMNS = ("part", "damage", "severity", "repair", "parts_cost", "labour_hours", "labour_rate")
@@ -66,12 +66,10 @@ class CostTable:
         path = Path(path)
         if not path.is_file():
             raise DataError(f"cost table {path} does not exist (columns: {', '.join(COLUMNS)})")
-        with path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
-            if missing:
-                raise DataError(f"{path}: missing column(s) {missing}; expected {', '.join(COLUMNS)}")
-            rows = [(reader.line_num, row) for row in reader]
+        header, rows = read_csv(path)
+        missing = [c for c in COLUMNS if c not in header]
+        if missing:
+            raise DataError(f"{path}: missing column(s) {missing}; expected {', '.join(COLUMNS)}")
         entries, seen = [], {}
         for line, row in rows:
             where = f"{path}, row {line}"

@@ -29,7 +29,6 @@ import argparse
 import csv
 import json
 import math
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -37,6 +36,7 @@ import numpy as np
 
 from common.errors import ConfigError, DataError, run_main
 from common.paths import load_sibling, repo_path
+from common.run_folder import replace_output
 from common.vision.images import ImageDataError, check_image
 from common.vision.multitask import MultiSample
 
@@ -84,8 +84,9 @@ def generate(out: str | Path, gen: GenerationArguments, table) -> Path:
     stamp = {**asdict(gen), "cost_table": {f"{p}/{d}/{s}": e.total for (p, d, s), e in table.entries.items()}}
     if (out / "generation.json").is_file() and json.loads((out / "generation.json").read_text()) == stamp:
         return out / "labels.csv"
-    if out.exists():
-        shutil.rmtree(out)
+    replace_output(out, "generation.json")  # a folder it generated before, or an empty one: never the user's
+    out.mkdir(parents=True)
+    (out / "generation.json").write_text(json.dumps({"complete": False}))  # ours, even if interrupted
     drawable = [c for c in table.combinations() if (c[0] in scenes.PART_DRAWERS or c[0] == "tyre")
                 and (c[1] == costs.NO_DAMAGE or c[1] in scenes.DAMAGE_DRAWERS)]
     counts = {"train": gen.num_train_per_combination, "val": gen.num_val_per_combination,
@@ -134,12 +135,10 @@ def resolve_data_dir(data_dir: str, gen: GenerationArguments, table) -> Path:
 
 
 def _read(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
+    from common.data import read_csv, read_jsonl
+
     if path.suffix.lower() == ".csv":
-        with path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            rows = [(reader.line_num, row) for row in reader]
-            return list(reader.fieldnames or []), rows
-    from common.data import read_jsonl
+        return read_csv(path)
 
     rows = read_jsonl(path)
     return list(dict.fromkeys(k for _, r in rows for k in r)), rows

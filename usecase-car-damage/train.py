@@ -24,6 +24,7 @@ from common.errors import run_main
 from common.hardware import detect, peak_memory_mb, training_precision
 from common.paths import load_sibling, portable_path
 from common.report import Stopwatch, write_report
+from common.run_folder import claim
 from common.train import resume_checkpoint
 from common.vision import multitask as mt
 
@@ -78,6 +79,9 @@ def main(argv: list[str] | None = None) -> dict:
         val_metrics, calibration, _ = evaluate(m, val_ds, table, None, mt_args.range_coverage)
         test_metrics, _, test_out = evaluate(m, test_ds, table, calibration, mt_args.range_coverage)
         return test_metrics, val_metrics, calibration, test_out
+
+    # the output folder is this run's: its settings saved (a restart must match them), a second run locked out
+    claim(out, to_dict(data_args, gen_args, model_args, mt_args, args))
 
     # 3. Baseline: linear heads on frozen ImageNet features (features computed once, cached), same loss.
     mt.fit_multitask_probe(model, probe_ds, args, model_args.probe_epochs, model_args.probe_learning_rate,

@@ -30,6 +30,7 @@ from pathlib import Path
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices; not for chat users
 
+from common import context  # noqa: E402
 from common.errors import ConfigError, run_main  # noqa: E402
 from common.evaluation import generate_chat, generate_chat_with_logprobs, key_terms_score  # noqa: E402
 from common.models import load_for_inference  # noqa: E402
@@ -52,43 +53,10 @@ def load(model_dir: str):
 
 
 def fit_question(model, tokenizer, settings: dict, question: str, history: list[dict]) -> tuple[str, list[dict]]:
-    """Make the prompt fit the model's context (``max_position_embeddings`` minus ``max_new_tokens``).
-
-    Too long: the history is dropped first, then the question is cut *from the left* (its end, usually the
-    actual question, is kept), with a warning on stderr. A context too small for even the system prompt is a
-    :class:`ConfigError`.
-    """
-    limit = getattr(model.config, "max_position_embeddings", None)
-    if not limit:
-        return question, history
-    budget = limit - settings.get("max_new_tokens", 64)
-
-    def length(q: str, h: list[dict]) -> int:
-        messages = [{"role": "system", "content": settings.get("system_prompt", DEFAULT_SYSTEM)}, *h,
-                    {"role": "user", "content": q}]
-        return len(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                 return_dict=False))
-
-    n = length(question, history)
-    if n <= budget:
-        return question, history
-    if history and length(question, []) <= budget:
-        print("warning: the conversation is longer than the model's context; earlier turns were dropped",
-              file=sys.stderr)
-        return question, []
-    ids = tokenizer(question, add_special_tokens=False)["input_ids"]
-    keep = budget - (length("", []))
-    if keep < 1:
-        raise ConfigError(f"the model's context ({limit} tokens) minus max_new_tokens "
-                          f"({settings.get('max_new_tokens', 64)}) leaves no room for a question")
-    cut = tokenizer.decode(ids[-keep:])
-    while keep > 1 and length(cut, []) > budget:  # re-tokenizing may merge differently: shrink until it fits
-        keep -= max(1, keep // 20)
-        cut = tokenizer.decode(ids[-keep:])
-    print(f"warning: the question is {n} tokens with the prompt, more than the model's context allows "
-          f"({limit} - max_new_tokens {settings.get('max_new_tokens', 64)} = {budget}); only its last {keep} "
-          f"tokens were kept", file=sys.stderr)
-    return cut, []
+    """Make the prompt fit the model's context: the history dropped first, then the question cut from the left,
+    said on stderr (:func:`common.context.fit_question`)."""
+    return context.fit_question(model, tokenizer, settings.get("system_prompt", DEFAULT_SYSTEM), question, history,
+                                settings.get("max_new_tokens", 64))
 
 
 def reply(model, tokenizer, settings: dict, conversations: list[list[dict]], desc: str = "thinking") -> list[str]:

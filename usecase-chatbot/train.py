@@ -20,7 +20,7 @@ from datasets import concatenate_datasets
 from trl import SFTConfig
 
 from common.config import ModelArguments, parse_config, peft_config, to_dict
-from common.data import load_dataset_validated, messages_to_prompt_completion, write_jsonl_splits
+from common.data import load_dataset_validated, messages_to_prompt_completion, read_text, write_jsonl_splits
 from common.errors import run_main
 from common.evaluation import retention
 from common.export import merge_and_export
@@ -28,6 +28,7 @@ from common.hardware import detect, is_main_process, training_precision
 from common.models import load_causal_lm, load_tokenizer
 from common.paths import load_sibling, repo_path
 from common.report import Stopwatch, write_report
+from common.run_folder import claim
 from common.train import build_sft_trainer, train_and_measure
 
 prepare = load_sibling(__file__, "prepare_data")  # help center -> conversations; replay rows
@@ -95,6 +96,8 @@ def main(argv: list[str] | None = None) -> dict:
     checks.check_max_length(tokenizer, splits, training_args.max_length)
 
     main = is_main_process()  # under accelerate launch: every process trains; the main one evaluates and writes
+    # the output folder is this run's: its settings saved (a restart must match them), a second run locked out
+    claim(out, to_dict(args, model_args, training_args))
     with training_args.main_process_first(desc="data"):
         files = write_jsonl_splits(splits, out / "data", write=main)
     train_ds, _ = load_dataset_validated(files["train"], "messages")
@@ -146,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
     gate = None
     if args.abstention_gate:
         docs_file = repo_path(args.docs_file)
-        gate = scoring.gate_settings(docs_file.read_text(encoding="utf-8"),
+        gate = scoring.gate_settings(read_text(docs_file),
                                      splits["decline_valid"][0]["messages"][-1]["content"],
                                      args.abstention_relevance, args.abstention_redraw_samples,
                                      list(prepare.read_statements(docs_file).values()), args.abstention_grounding)

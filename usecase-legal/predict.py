@@ -8,7 +8,7 @@
 
 A contract is split into clauses at numbered sections ("1.", "2.3", "Section 4", "ARTICLE V", "(a)") and at
 headings (a short line in capitals, or ending without a full stop); a text without either is split at blank lines.
-A clause longer than the model was trained on is cut into sentence groups that fit. Input is checked before the
+A clause over 300 tokens is cut at sentence ends into pieces that fit (said on stderr). Input is checked before the
 model loads: an empty input, a binary or non-UTF-8 file, more than ``--max_bytes`` or more than ``--max_clauses``
 clauses stops with a clear message (exit code 2), so a run is always bounded.
 
@@ -31,6 +31,7 @@ from pathlib import Path
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 warnings.filterwarnings("ignore", category=FutureWarning)
 
+from common.context import chunk_by_tokens  # noqa: E402
 from common.errors import ConfigError, DataError, run_main  # noqa: E402
 from common.paths import load_sibling  # noqa: E402
 
@@ -39,7 +40,7 @@ DISCLAIMER = ("These summaries were written by a small language model; they are 
               "or change a term. Read the contract itself and ask a lawyer before relying on it.")
 SECTION_START = re.compile(r"^\s*(?:(?:section|article|clause)\s+[\dIVXLC]+[\w.]*|\d+(?:\.\d+)*[.)]?(?=\s)|"
                            r"\([a-z]{1,3}\)|[IVX]+\.)\s*", re.IGNORECASE)
-MAX_CLAUSE_WORDS = 220  # ~300 tokens: longer clauses are cut at sentence ends (the model trained on <= ~170 words)
+MAX_CLAUSE_TOKENS = 300  # longer clauses are cut at sentence ends, then at token boundaries (common.context)
 
 
 def read_input(path: str | None, stdin, max_bytes: int) -> str:
@@ -94,26 +95,19 @@ def split_clauses(text: str) -> list[str]:
         heading = ""
     if heading:
         clauses.append(heading)
-    return [piece for clause in clauses for piece in chunk(clause)]
+    return clauses
 
 
-def chunk(clause: str, max_words: int = MAX_CLAUSE_WORDS) -> list[str]:
-    """A long clause cut at sentence ends into pieces of at most ``max_words`` words (a sentence longer than that
-    is cut at word boundaries)."""
-    if len(clause.split()) <= max_words:
-        return [clause]
-    pieces, current = [], []
-    for sentence in re.split(r"(?<=[.;])\s+", clause):
-        words = sentence.split()
-        while len(words) > max_words:
-            pieces.append(" ".join(words[:max_words]))
-            words = words[max_words:]
-        if len(current) + len(words) > max_words and current:
-            pieces.append(" ".join(current))
-            current = []
-        current += words
-    if current:
-        pieces.append(" ".join(current))
+def fit_clauses(tokenizer, clauses: list[str], max_tokens: int = MAX_CLAUSE_TOKENS) -> list[str]:
+    """Clauses longer than ``max_tokens`` tokens cut at sentence ends (then at token boundaries, for a script
+    written without spaces), each cut said on stderr: the model summarizes each piece on its own."""
+    pieces = []
+    for i, clause in enumerate(clauses, start=1):
+        cut = chunk_by_tokens(tokenizer, clause, max_tokens)
+        if len(cut) > 1:
+            print(f"note: clause {i} is longer than {max_tokens} tokens; it is summarized in {len(cut)} parts",
+                  file=sys.stderr)
+        pieces += cut
     return pieces
 
 
@@ -145,8 +139,9 @@ def main(argv: list[str] | None = None, stdin=None) -> None:
     stdin = stdin or sys.stdin
     if args.fact_check_samples is not None and args.fact_check_samples < 0:
         raise ConfigError(f"--fact_check_samples must be >= 0, got {args.fact_check_samples}")
-    if args.examples is not None and args.examples < 1:
-        raise ConfigError(f"--examples must be >= 1, got {args.examples}")
+    for key in ("examples", "max_bytes", "max_clauses", "batch_size"):
+        if getattr(args, key) is not None and getattr(args, key) < 1:
+            raise ConfigError(f"--{key} must be >= 1, got {getattr(args, key)}")
     if args.examples:
         test_file = Path(args.model_dir) / "data" / "test.jsonl"
         if not test_file.exists():
@@ -162,6 +157,7 @@ def main(argv: list[str] | None = None, stdin=None) -> None:
                         f"(~{args.max_clauses * 2} s each on a CPU): summarize part of it, or raise --max_clauses")
 
     model, tokenizer, settings = load(args.model_dir)
+    clauses = fit_clauses(tokenizer, clauses)
     if args.fact_check_samples is not None:
         settings["fact_check_samples"] = args.fact_check_samples
     summaries, _ = scoring.summarize(model, tokenizer, clauses, argparse.Namespace(

@@ -28,6 +28,7 @@ from common.hardware import detect, training_precision
 from common.models import load_causal_lm, load_tokenizer
 from common.paths import load_sibling, repo_path
 from common.report import Stopwatch, write_report
+from common.run_folder import claim
 from common.train import build_sft_trainer, train_and_measure
 
 prepare = load_sibling(__file__, "prepare_data")  # templates -> clauses; your files; all checked
@@ -99,6 +100,8 @@ def main(argv: list[str] | None = None) -> dict:
     splits = prepare.build_splits(args, seed=training_args.data_seed or 0)
     tokenizer = load_tokenizer(model_args.model_name_or_path, training_args.trust_remote_code)
     check_lengths(tokenizer, splits, training_args.max_length, args.system_prompt)
+    # the output folder is this run's: its settings saved (a restart must match them), a second run locked out
+    claim(out, to_dict(args, model_args, training_args))
     write_jsonl_splits(splits, out / "data")
     train_ds, valid_ds = (Dataset.from_list([scoring.to_prompt_completion(r, args.system_prompt) for r in splits[s]])
                           for s in ("train", "valid"))

@@ -24,6 +24,7 @@ from pathlib import Path
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices; not for chat users
 
+from common.context import fit_question  # noqa: E402
 from common.errors import ConfigError, run_main  # noqa: E402
 from common.evaluation import generate_chat  # noqa: E402
 from common.models import load_for_inference  # noqa: E402
@@ -46,8 +47,10 @@ def load(model_dir: str):
 
 def ask(model, tokenizer, settings: dict, questions: list[str]) -> list[str]:
     """Greedy answers; with a triage check, answers that follow its red-flag decision (triage.py)."""
-    prompts = [[{"role": "system", "content": settings.get("system_prompt", SYSTEM_PROMPT)},
-                {"role": "user", "content": q}] for q in questions]
+    system = settings.get("system_prompt", SYSTEM_PROMPT)
+    questions = [fit_question(model, tokenizer, system, q, [], settings.get("max_new_tokens", 72))[0]
+                 for q in questions]  # an over-long question is cut to the model's context, with a warning
+    prompts = [[{"role": "system", "content": system}, {"role": "user", "content": q}] for q in questions]
     if settings.get("triage") is None:
         return generate_chat(model, tokenizer, prompts, settings.get("max_new_tokens", 72), desc="thinking")
     return triage.answer(model, tokenizer, prompts, settings["triage"], settings.get("max_new_tokens", 72),

@@ -33,6 +33,7 @@ from common.models import load_causal_lm, load_tokenizer
 from common.paths import load_sibling, repo_path
 from common.preference import build_dpo_trainer, dpo_config_from, merge_adapter
 from common.report import Stopwatch, write_report
+from common.run_folder import claim
 from common.train import build_sft_trainer, train_and_measure
 
 prepare = load_sibling(__file__, "prepare_data")  # conditions -> preference pairs, validated
@@ -98,6 +99,8 @@ def main(argv: list[str] | None = None) -> dict | None:
                     {"general": args.general_questions_file, "general_other": args.general_other_file}.items() if v}
     tokenizer = load_tokenizer(model_args.model_name_or_path, training_args.trust_remote_code)
     checks.check_max_length(tokenizer, splits, training_args.max_length)
+    # the output folder is this run's: its settings saved (a restart must match them), a second run locked out
+    claim(out, to_dict(args, model_args, training_args))
     write_jsonl_splits(splits, out / "data")
 
     def pairs(split):

@@ -37,6 +37,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from common.errors import ConfigError, DataError, run_main
 from common.paths import repo_path
+from common.run_folder import replace_output
 
 HERE = Path(__file__).resolve().parent
 CLASSES = ("good", "scratch", "dent", "stain", "crack")
@@ -227,8 +228,8 @@ def generate(out: str | Path, args: GenerationArguments) -> Path:
         old = json.loads((out / "generation.json").read_text()) if (out / "generation.json").exists() else None
         if old == stamp:
             return out
+        replace_output(out, "generation.json")  # refuses a folder of the user's own (no generation.json)
         print(f"{out} was generated with {old}; generating again with {stamp}")
-        shutil.rmtree(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
     counts = {"train": args.num_train_per_class, "val": args.num_val_per_class, "test": args.num_test_per_class}

@@ -23,6 +23,7 @@ from common.errors import run_main
 from common.hardware import detect, peak_memory_mb, training_precision
 from common.paths import load_sibling, portable_path, repo_path
 from common.report import Stopwatch, write_report
+from common.run_folder import claim
 from common.train import resume_checkpoint
 
 HERE = Path(__file__).resolve().parent
@@ -61,6 +62,9 @@ def main(argv: list[str] | None = None) -> dict:
     train_ds = vision.ImageDataset(splits["train"], classes, train_tf)
     probe_ds, val_ds, test_ds = (vision.ImageDataset(splits[s], classes, eval_tf) for s in ("train", "val", "test"))
     clock.lap("data")
+
+    # the output folder is this run's: its settings saved (a restart must match them), a second run locked out
+    claim(out, to_dict(data_args, model_args, gen_args, args))
 
     # 3. Baseline: a linear classifier on frozen ImageNet features (features computed once, cached).
     start = time.perf_counter()

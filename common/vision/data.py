@@ -7,7 +7,6 @@ any training; :class:`ImageDataset` turns samples into the Trainer's ``{"pixel_v
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from collections import Counter
@@ -30,8 +29,14 @@ def _read_boxes(root: Path) -> dict[str, list[int] | None]:
     f = root / "boxes.jsonl"
     if not f.exists():
         return {}
-    rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
-    return {r["path"]: r.get("box") for r in rows}
+    from common.data import read_jsonl
+
+    boxes = {}
+    for line, row in read_jsonl(f):
+        if not isinstance(row.get("path"), str):
+            raise DataError(f"{f}, row {line}: needs a \"path\" (the image, relative to {root})")
+        boxes[row["path"]] = row.get("box")
+    return boxes
 
 
 def samples_from_folder(root: str | Path) -> dict[str, list[Sample]]:
@@ -76,11 +81,10 @@ def _read_rows(path: Path) -> list[tuple[int, dict]]:
     """``(line number, row)`` of a CSV (header on line 1) or JSONL file."""
     if not path.is_file():
         raise DataError(f"table {path} does not exist (a CSV/JSONL with columns path,label[,split])")
+    from common.data import read_csv, read_jsonl
+
     if path.suffix == ".csv":
-        with path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            return [(reader.line_num, row) for row in reader]
-    from common.data import read_jsonl
+        return read_csv(path)[1]
 
     return read_jsonl(path)
 
