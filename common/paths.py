@@ -3,6 +3,7 @@
     from common.paths import load_sibling, repo_path, portable_path
 
     prepare = load_sibling(__file__, "prepare_data")   # usecase-x/prepare_data.py, loaded by path
+    report["usecase"] = usecase_name(__file__)          # "x": the recipe's name is its folder's
     docs = repo_path("usecase-chatbot/data/help_center.md")   # works from any working directory
     report["data_dir"] = portable_path(data_dir, out_dir)      # "data/generated", never "/home/..."
 
@@ -67,6 +68,12 @@ def load_sibling(script_file: str | os.PathLike, name: str) -> ModuleType:
         del sys.modules[key]
         raise
     return module
+
+
+def usecase_name(script_file: str | os.PathLike) -> str:
+    """The name of the recipe ``script_file`` belongs to: its folder's name without ``usecase-``
+    (``usecase-car-damage/train.py`` -> ``car-damage``). Reports carry it, so a copied recipe names itself."""
+    return Path(script_file).resolve().parent.name.removeprefix("usecase-")
 
 
 def machine_paths(obj) -> list[str]:

@@ -43,6 +43,7 @@ from common.evaluation import (
     retention,
     sample_chat,
 )
+from common.paths import usecase_name
 
 # A decline says, in words, that the bot does not have the answer. Pointing to support alone is not a decline
 # (a right answer may add "contact support"), and neither is a plain "no" (which is an answer).
@@ -380,7 +381,7 @@ def build_report(base: dict, tuned: dict, general_sets: dict[str, list[dict]], s
         general[name] = {**r, "answers": [{"question": q["question"], "base": b, "fine_tuned": a} for q, b, a in
                                           zip(questions, base["answers"][name], tuned["answers"][name])]}
     return {
-        "usecase": "chatbot",
+        "usecase": usecase_name(__file__),
         "primary_metric": "fact_accuracy",
         "metrics": {"before": before, "after": after},
         "metrics_validation": {"before": valid_before, "after": valid_after},

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 
 from common.evaluation import generate_chat, sample_chat
-from common.paths import load_sibling
+from common.paths import load_sibling, usecase_name
 
 facts = load_sibling(__file__, "facts")
 ROUND = 4  # fact-check candidates drawn per clause at a time
@@ -130,7 +130,7 @@ def write_predictions(path: Path, splits: dict, base: dict, tuned: dict) -> None
 def build_report(base: dict, tuned: dict, splits: dict, **fields) -> dict:
     """The report dict (common/report.py): test metrics before -> after, validation beside them."""
     return {
-        "usecase": "legal",
+        "usecase": usecase_name(__file__),
         "primary_metric": "fact_recall",
         "metrics": {"before": base["test"], "after": tuned["test"]},
         **({"metrics_validation": {"before": base["valid"], "after": tuned["valid"]}} if tuned["valid"] else {}),

@@ -35,6 +35,7 @@ from common import generation_cache
 from common.data import read_yaml
 from common.errors import DataError
 from common.evaluation import generate_chat, normalize, retention, term_present
+from common.paths import usecase_name
 from common.preference import pair_logps, pair_metrics
 
 logger = logging.getLogger("medical")
@@ -178,7 +179,7 @@ def build_report(evals: dict, questions: dict, general_sets: dict, beta: float, 
         after[f"general_retention{suffix}"] = r["retention"]
         general[name] = {k: v for k, v in r.items() if not (isinstance(v, float) and math.isnan(v))}
     return {
-        "usecase": "medical",
+        "usecase": usecase_name(__file__),
         "primary_metric": "preference_accuracy",
         "metrics": {"before": before, "after": after},
         "metrics_sft": m["sft"]["test"],

@@ -21,7 +21,7 @@ from common import vision
 from common.config import parse_config, to_dict
 from common.errors import run_main
 from common.hardware import detect, peak_memory_mb, training_precision
-from common.paths import load_sibling, portable_path, repo_path
+from common.paths import load_sibling, portable_path, repo_path, usecase_name
 from common.report import Stopwatch, write_report
 from common.run_folder import claim
 from common.train import resume_checkpoint
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
     config["data_dir"] = portable_path(data_args.data_dir, out)  # no machine paths in a committed report
     config["model_name_or_path"] = _portable_model(model_args.model_name_or_path)
     report = {
-        "usecase": "vision-defects", "model": config["model_name_or_path"], "method": model_args.method,
+        "usecase": usecase_name(__file__), "model": config["model_name_or_path"], "method": model_args.method,
         "hardware": detect().describe(training_precision(args)),  # what this run trained in
         "train": {"seconds": round(train["seconds"], 3), "throughput": {"value": round(train["img_per_s"], 1),
                   "unit": "img/s"}, "peak_memory_mb": round(peak_memory_mb(), 1), "images_seen": train["images"],
