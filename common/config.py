@@ -10,6 +10,7 @@ The hardware precision policy (:mod:`common.hardware`) is injected as parser *de
 
 from __future__ import annotations
 
+import re
 import sys
 import types
 import typing
@@ -125,9 +126,14 @@ def parse_config(
     return tuple(instances)
 
 
+#: Integer settings that count something per step: 0 or less can never work (a batch of 0 rows, 0 new tokens).
+COUNTS = re.compile(r"batch_size$|^gradient_accumulation_steps$|max_new_tokens$")
+
+
 def _check_types(instance: Any) -> None:
     """A value of the wrong type (``eval_batch_size: 16.0``, ``lora_r: "8"`` in a YAML file -- values from the YAML
-    reach the dataclasses unconverted) stops here naming the key, before any model loads."""
+    reach the dataclasses unconverted), or a count below 1 (``--batch_size 0``), stops here naming the key, before
+    any model loads."""
     try:
         hints = typing.get_type_hints(type(instance))
     except Exception:  # a library's annotation that does not resolve here: nothing to check against
@@ -143,6 +149,8 @@ def _check_types(instance: Any) -> None:
         if type(value) not in allowed or (isinstance(value, bool) and bool not in allowed):
             names = " or ".join(sorted(t.__name__ for t in allowed if not (t is int and float in allowed)))
             raise ConfigError(f"{f.name} must be {names}, got {value!r} ({type(value).__name__})")
+        if COUNTS.search(f.name) and allowed == {int} and value < 1:
+            raise ConfigError(f"{f.name} must be >= 1, got {value}")
 
 
 def _check_config_file(path: str | None) -> None:

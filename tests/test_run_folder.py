@@ -151,3 +151,12 @@ def test_a_value_of_the_wrong_type_in_the_yaml_names_its_key(tmp_path):
         parse_config((train.LegalArguments, ModelArguments, SFTConfig),
                      ["--config", str(config), "--output_dir", str(tmp_path / "run")])
     assert not (tmp_path / "run").exists()  # stopped before the folder was claimed
+
+
+@pytest.mark.parametrize("flag", ["--eval_batch_size", "--per_device_train_batch_size", "--max_new_tokens",
+                                  "--gradient_accumulation_steps"])
+def test_a_count_below_one_is_refused_before_anything_runs(tmp_path, flag):
+    train = load_sibling(LEGAL / "train.py", "train")
+    with pytest.raises(ConfigError, match=rf"{flag[2:]} must be >= 1, got 0"):
+        parse_config((train.LegalArguments, ModelArguments, SFTConfig),
+                     ["--config", str(LEGAL / "config.smoke.yaml"), "--output_dir", str(tmp_path / "run"), flag, "0"])
