@@ -279,3 +279,24 @@ def test_explain_feeds_the_model_in_its_own_dtype_and_device(tmp_path):
     rows = predict.explain(model.to(torch.bfloat16), cfg, costs.CostTable.load(TABLE), [photo],
                            report_dir=tmp_path / "annotated")
     assert rows[0]["damage"] in model.tasks[1].classes and rows[0]["cost"]["low"] <= rows[0]["cost"]["high"]
+
+
+def test_an_estimate_for_a_photo_outside_the_training_photos_says_so(tmp_path):
+    """predict.py keeps answering, but a photo much smaller / flatter / blurrier than the training photos carries
+    a warning in its JSON and in the readable estimate."""
+    from PIL import Image
+
+    from common.vision.robustness import photo_warnings
+
+    predict = load_sibling(RECIPE / "train.py", "predict")
+    ranges = {"min_side": 128.0, "contrast": 30.0, "sharpness": 500.0}
+    flat = Image.new("RGB", (40, 40), (90, 90, 90))
+    warnings = photo_warnings(flat, ranges)
+    assert len(warnings) == 3  # small, uniform and (having no edges) soft
+    text = predict.describe({"image": "flat.png", "damage": "dent", "confidences": {"damage": 0.9},
+                             "cost": {"method": None, "note": "no estimate"}, "warnings": warnings})
+    assert "no cost estimate" in text and text.count("warning: the photo is") == 3
+    text = predict.describe({"image": "flat.png", "damage": "dent", "confidences": {"damage": 0.9},
+                             "cost": {"method": "table", "estimate": 100.0, "low": 80.0, "high": 120.0,
+                                      "range_covers": "80%"}, "warnings": warnings})
+    assert text.count("warning: the photo is") == 3 and "not to be trusted" in text

@@ -9,6 +9,7 @@ Each ``usecase-*`` folder declares its tier in ``ci.yaml``::
       metrics.after.general_retention_other: 0.6
     min_gains:                  # optional: other metrics that must gain at least this much over the base model
       severity_macro_f1: 0.02
+    robustness: true            # optional (vision): the report's corruption table must be written and sane
 
 ``make test-ci`` (and ``.ci/run``) runs this file; ``make test`` does not (``-m "not ci"``). The contract test
 (tests/test_contract.py) requires ``ci.yaml`` of every use case, so a new recipe cannot skip its tier.
@@ -57,4 +58,24 @@ def test_ci_tier_beats_the_base_model(folder, tmp_path):
     for key, gain in (tier.get("min_gains") or {}).items():
         b, a = report["metrics"]["before"][key], report["metrics"]["after"][key]
         assert a - b >= gain, f"{key} gained {a - b:.3f} ({b:.3f} -> {a:.3f}) < {gain}"
+    if tier.get("robustness"):
+        check_robustness(report["robustness"])
     assert minutes <= tier["max_minutes"], f"the CI tier took {minutes:.1f} min (budget {tier['max_minutes']})"
+
+
+def check_robustness(robustness: dict) -> None:
+    """The corruption report of a vision run is written and sane: both splits, every corruption, rates in [0, 1],
+    each drop the clean figure minus the corrupted one, the worst named -- and not every corruption is harmless
+    and fatal at once (a model that scores the same on every input, or a broken corruption)."""
+    from common.vision.robustness import corruptions
+
+    for split in ("validation", "test"):
+        r = robustness[split]
+        assert set(r["corrupted"]) == set(corruptions()), f"{split}: corruptions {sorted(r['corrupted'])}"
+        for name, metrics in r["corrupted"].items():
+            for key, value in metrics.items():
+                assert 0.0 <= value <= 1.0, f"{split} {name} {key} = {value}"
+                assert abs(r["drop"][name][key] - (r["clean"][key] - value)) < 1e-3
+        for key, (worst, drop) in r["worst"].items():
+            assert drop == max(d[key] for d in r["drop"].values()) and worst in r["corrupted"]
+            assert any(d[key] > 0 for d in r["drop"].values()), f"{split}: no corruption changes {key} at all"

@@ -65,6 +65,19 @@ def test_smoke_recipe_trains_reports_and_predicts(tmp_path, monkeypatch):
     assert len(results) == 2 and all(Path(r["heatmap"]).exists() and 0 < r["confidence"] <= 1 for r in results)
     assert all(Path(r["image"]).exists() for r in results)
     assert all(r["class"] in metrics["after"]["per_class"] for r in results)
+    assert all("warnings" not in r for r in results)  # held-out photos are like the training ones
+
+    # the corruption report is written for both splits, and a photo far outside the training photos is flagged
+    from common.vision.robustness import corruptions
+
+    for split in ("validation", "test"):
+        assert set(report["robustness"][split]["corrupted"]) == set(corruptions())
+    assert "Robustness" in (out / "REPORT.md").read_text()
+    from PIL import Image
+
+    Image.open(results[0]["image"]).convert("RGB").resize((12, 12)).save(tmp_path / "thumb.png")
+    tiny = predict.main(["--model_dir", str(out), str(tmp_path / "thumb.png")])
+    assert tiny[0]["warnings"][0].startswith("too small (12 px")
 
 
 def test_run_paths_are_relative_and_resolve_back(tmp_path, monkeypatch):

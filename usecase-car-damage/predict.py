@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw
 
 from common.errors import DataError, ModelPathError, run_main
 from common.paths import load_sibling, repo_path, resolve_run_path, run_relative  # noqa: F401 (train.py uses it)
-from common.vision import IMAGE_EXTENSIONS, check_image, load_rgb
+from common.vision import IMAGE_EXTENSIONS, check_image, load_rgb, photo_warnings
 from common.vision.cam import GradCAM, overlay
 from common.vision.multitask import TaskView, load_multitask, split_outputs
 
@@ -92,6 +92,9 @@ def explain(model, config: dict, table, images: list[Path], report_dir: Path | N
         note = _conversion(path)
         if note:
             result["note"] = note
+        warnings = photo_warnings(image, extra.get("photo_ranges", {}))  # far outside the training photos?
+        if warnings:
+            result["warnings"] = warnings
         if report_dir is not None:
             heat = cam(x, contrast_idx=none)[0][0] if cam is not None else None
             stem = Path(path).stem
@@ -108,8 +111,9 @@ def describe(r: dict) -> str:
     """One human-readable estimate."""
     c = r["cost"]
     labels = ", ".join(f"{k} {r[k]} ({r['confidences'][k]:.0%})" for k in ("part", "damage", "severity") if k in r)
+    warnings = "".join(f"\n  warning: the photo is {w}; the estimate is not to be trusted" for w in r.get("warnings", []))
     if c.get("method") is None:
-        return f"{r['image']}: {labels}; no cost estimate ({c.get('note')})"
+        return f"{r['image']}: {labels}; no cost estimate ({c.get('note')})" + warnings
     text = (f"{r['image']}: {labels}\n  estimated repair cost {c['estimate']:.2f} (range {c['low']:.2f} - "
             f"{c['high']:.2f}, {c['range_covers']}; method: {c['method']})")
     b = c.get("table_breakdown")
@@ -118,6 +122,7 @@ def describe(r: dict) -> str:
                  f"{b['labour_rate']:.2f} = {b['table_cost']:.2f}")
     if "regression_estimate" in c:
         text += f"; regression head: {c['regression_estimate']:.2f}"
+    text += warnings
     return text + (f"\n  note: {r['note']}" if r.get("note") else "")
 
 

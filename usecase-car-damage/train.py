@@ -110,15 +110,29 @@ def main(argv: list[str] | None = None) -> dict:
           f"cost within 20% {after.get('cost_within_20pct', float('nan')):.3f} ({after.get('cost_method')})")
     clock.lap("after_evaluation")
 
-    # 6. Save: safetensors + config.json (tasks, normalization, cost calibration) and the prices used.
+    # 6. Robustness: the same held-out photos as phones and messaging apps leave them (JPEG, blur, noise, poor
+    #    light, low resolution, a tilt), scored with the calibration fixed above -- on validation and on test.
+    def corrupted_score(split):
+        return lambda corrupt: evaluate(model, mt.MultiTaskDataset(
+            splits[split], tasks, vision.corrupted_transform(corrupt, tf[False])), table, calibration,
+            mt_args.range_coverage)[0]
+    robust_keys = [k for k in ("damage_macro_f1", "severity_accuracy", "cost_within_20pct") if k in after]
+    robustness = {name: vision.corruption_report(corrupted_score(split), keys=robust_keys)
+                  for name, split in (("validation", "val"), ("test", "test"))}
+    print(f"robustness: worst on test {robustness['test']['worst']}")
+    clock.lap("robustness")
+
+    # 7. Save: safetensors + config.json (tasks, normalization, cost calibration) and the prices used.
     shutil.copy(table.source, out / "cost_table.csv")
     mt.save_multitask(model, out, norm, size, extra={
         "base_model": model_args.model_name_or_path, "method": model_args.method, "calibration": calibration,
-        "gradcam_layer": model_args.gradcam_layer, "cam_method": model_args.cam_method})
+        "gradcam_layer": model_args.gradcam_layer, "cam_method": model_args.cam_method,
+        # what "small", "flat" and "soft" mean for this model (predict.py warns below it)
+        "photo_ranges": vision.training_ranges([vision.load_rgb(x.source) for x in splits["train"]])})
     tests = [{"path": predict.run_relative(s.name, out), **s.labels} for s in splits["test"]]
     (out / "test_split.jsonl").write_text("".join(json.dumps(t) + "\n" for t in tests))
 
-    # 7. Report: report.json + REPORT.md, confusion matrices, the cost calibration plot, annotated examples.
+    # 8. Report: report.json + REPORT.md, confusion matrices, the cost calibration plot, annotated examples.
     figures = []
     for task in (t for t in tasks if t.is_classification):
         for side, m in (("", after), ("_baseline", before)):
@@ -154,6 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
         "metrics": {"before": before, "after": after},  # held-out test split
         "metrics_validation": {"before": val_before, "after": val_after},
         "cost_calibration": calibration, "loss_weights": {t.name: t.weight for t in tasks},
+        "robustness": robustness,  # the fine-tuned model on corrupted copies of the held-out photos
         "data": {"heads": present, **{k: len(v) for k, v in splits.items()}},
         "config": config, "phases": clock.summary(),
     }
@@ -161,7 +176,9 @@ def main(argv: list[str] | None = None) -> dict:
         for m in (before, after):
             m["selection_score"] = mt.selection_score(m, tasks)
     sections = [("Confusion matrices and cost calibration (held-out test)", "\n\n".join(figures)),
-                ("Example estimates", "\n".join(rows))]
+                ("Example estimates", "\n".join(rows)),
+                ("Robustness: the held-out photos corrupted (fine-tuned model)", "\n\n".join(
+                    vision.robustness_section(robustness, k, k.replace("_", " ")) for k in robust_keys))]
     write_report(out, report, trainer.state.log_history, sections)
     print(f"report: {out / 'REPORT.md'}")
     return report["metrics"]

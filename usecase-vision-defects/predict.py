@@ -4,7 +4,9 @@
     python usecase-vision-defects/predict.py --model_dir runs/vision-defects my_folder/ --out heatmaps/
     python usecase-vision-defects/predict.py --model_dir runs/vision-defects --examples 4   # held-out test images
 
-Prints one JSON line per image: the class, its confidence, and the heatmap PNG written next to the run.
+Prints one JSON line per image: the class, its confidence, and the heatmap PNG written next to the run. A photo far
+outside the training photos (much smaller, flatter or blurrier than nearly all of them) gets ``"warnings"`` in its
+line and a warning on stderr: the model still answers, but the answer is not to be trusted.
 A bad image (missing, truncated, not an image, too large) is reported on stderr by name and skipped; the rest
 are processed and the exit code is 1. A missing or empty ``--model_dir`` or input path is an error (exit code 2).
 Heatmaps of images from a folder are named after their path inside it (``sub_a/img.png`` ->
@@ -22,7 +24,7 @@ import torch
 
 from common.errors import DataError, ModelPathError, run_main
 from common.paths import repo_path, resolve_run_path, run_relative  # noqa: F401 (re-exported for train.py)
-from common.vision import IMAGE_EXTENSIONS, build_transforms, check_image, load_classifier, load_rgb
+from common.vision import IMAGE_EXTENSIONS, build_transforms, check_image, load_classifier, load_rgb, photo_warnings
 from common.vision.cam import GradCAM, overlay
 
 
@@ -56,8 +58,13 @@ def explain(model: torch.nn.Module, config: dict, images: list[Path], out_dir: P
         k = int(probs.argmax())
         heatmap = out_dir / f"{name}.gradcam.png"
         overlay(image, heat[0]).save(heatmap)
-        results.append({"image": str(path), "class": labels[k], "confidence": round(float(probs[k]), 4),
-                        "heatmap": str(heatmap)})
+        result = {"image": str(path), "class": labels[k], "confidence": round(float(probs[k]), 4),
+                  "heatmap": str(heatmap)}
+        warnings = photo_warnings(image, saved.get("photo_ranges", {}))  # far outside the training photos?
+        if warnings:
+            result["warnings"] = warnings
+            print(f"warning: {path}: {'; '.join(warnings)} -- the answer is not to be trusted", file=sys.stderr)
+        results.append(result)
     return results
 
 

@@ -109,17 +109,31 @@ def main(argv: list[str] | None = None) -> dict:
           f"heatmap peak ({model_args.cam_method}) in the defect box: {after['gradcam_peak_in_box']:.0%}")
     clock.lap("after_evaluation")
 
-    # 6. Save: safetensors + config.json (labels, normalization, resolution) that predict.py rebuilds from.
+    # 6. Robustness: the same held-out photos as phones and messaging apps leave them (JPEG, blur, noise, poor
+    #    light, low resolution, a tilt) -- on validation (where augmentation is chosen) and on test.
+    def corrupted_score(split):
+        return lambda corrupt: vision.evaluate_classifier(
+            model, vision.ImageDataset(splits[split], classes, vision.corrupted_transform(corrupt, eval_tf)),
+            classes, throughput=False)
+    robustness = {name: vision.corruption_report(corrupted_score(split), keys=("macro_f1",))
+                  for name, split in (("validation", "val"), ("test", "test"))}
+    print(f"robustness: worst on test {robustness['test']['worst']['macro_f1']}")
+    clock.lap("robustness")
+
+    # 7. Save: safetensors + config.json (labels, normalization, resolution) that predict.py rebuilds from.
     vision.save_classifier(model, out, classes, norm, size,
                            extra={"base_model": _portable_model(model_args.model_name_or_path),
                                   "method": model_args.method, "gradcam_layer": model_args.gradcam_layer,
-                                  "cam_method": model_args.cam_method, "cam_smooth": model_args.cam_smooth})
+                                  "cam_method": model_args.cam_method, "cam_smooth": model_args.cam_smooth,
+                                  # what "small", "flat" and "soft" mean for this model (predict.py warns below it)
+                                  "photo_ranges": vision.training_ranges([vision.load_rgb(x.source)
+                                                                          for x in splits["train"]])})
     # paths relative to the run folder or the repository (predict.py --examples resolves them back)
     tests = [{"path": predict.run_relative(s.name, out), "label": s.label, "box": s.box} for s in splits["test"]
              if isinstance(s.source, (str, Path))]
     (out / "test_split.jsonl").write_text("".join(json.dumps(t) + "\n" for t in tests))
 
-    # 7. Report: report.json + REPORT.md with the confusion matrix and example heatmaps.
+    # 8. Report: report.json + REPORT.md with the confusion matrix and example heatmaps.
     vision.plot_confusion(after["confusion_matrix"], classes, out / "confusion_matrix.png")
     vision.plot_confusion(before["confusion_matrix"], classes, out / "confusion_matrix_baseline.png",
                           title="Baseline (linear probe) confusion matrix")
@@ -145,13 +159,16 @@ def main(argv: list[str] | None = None) -> dict:
                                for side, m in (("before", val_before), ("after", val_after))},
         "inference": {"value": round(after["inference_img_per_s"], 1), "unit": "img/s"},
         "localization": {"before": cam_before, "after": cam_after, "validation_after": cam_val_after},
+        "robustness": robustness,  # macro-F1 of the fine-tuned model on corrupted copies of the held-out photos
         "data": {"classes": classes, **{k: len(v) for k, v in splits.items()}},
         "config": config,
         "phases": clock.summary(),
     }
     sections = [("Confusion matrix (fine-tuned, held-out test)", "![confusion matrix](confusion_matrix.png)\n\n"
                  "Baseline: ![baseline confusion matrix](confusion_matrix_baseline.png)"),
-                (f"Example predictions with {model_args.cam_method} heatmaps", "\n".join(rows))]
+                (f"Example predictions with {model_args.cam_method} heatmaps", "\n".join(rows)),
+                ("Robustness: the held-out photos corrupted (fine-tuned model)",
+                 vision.robustness_section(robustness, "macro_f1", "macro-F1"))]
     write_report(out, report, trainer.state.log_history if trainer else None, sections)
     print(f"report: {out / 'REPORT.md'}")
     return report["metrics"]

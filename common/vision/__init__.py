@@ -84,6 +84,14 @@ from common.vision.models import (
     trainable_parameters,
     unwrap,
 )
+from common.vision.robustness import (
+    corrupted_transform,
+    corruption_report,
+    corruptions,
+    photo_warnings,
+    robustness_section,
+    training_ranges,
+)
 from common.vision.train import build_trainer, compute_metrics, extract_features, fit_linear_probe, train_throughput
 
 __all__ = [
@@ -91,11 +99,12 @@ __all__ = [
     "FeatureDataset", "GradCAM", "ImageClassifier", "ImageDataError", "ImageDataset", "LinearHead", "Sample",
     "VisionDataArguments", "VisionModelArguments",
     "CAM_METHODS", "build_trainer", "build_transforms", "carve", "check_args", "check_cam_layer", "check_image",
-    "classification_metrics", "compute_metrics",
+    "classification_metrics", "compute_metrics", "corrupted_transform", "corruption_report", "corruptions",
     "default_cam_layer", "evaluate_classifier", "extract_features", "fit_linear_probe", "gaussian_blur", "head_name",
     "inference_device", "load_backbone", "load_classifier", "load_rgb", "load_splits", "localization_score",
-    "lora_targets", "model_dtype", "overlay", "peak", "peak_in_box", "plot_confusion", "predict",
+    "lora_targets", "model_dtype", "overlay", "peak", "peak_in_box", "photo_warnings", "plot_confusion", "predict",
     "prepare_efficientnet_lite0", "prepare_for_method", "samples_from_folder", "samples_from_hf",
-    "samples_from_table", "save_classifier", "to_rgb", "train_throughput", "trainable_parameters",
+    "robustness_section", "samples_from_table", "save_classifier", "to_rgb", "train_throughput", "training_ranges",
+    "trainable_parameters",
     "unwrap", "validate_splits",
 ]
