@@ -74,6 +74,7 @@ def readme_tables(check: bool = False) -> list[str]:
 
     A README marks the table with ``<!-- results-table: usecase-x/results/report.json ... -->`` and
     ``<!-- /results-table -->``; the block is replaced by :func:`common.report.results_table` of that report.
+    The top README's use-case table is generated too (:mod:`common.readme_tables`).
     Returns the READMEs whose table was (or, with ``check``, would be) changed.
     """
     import json
@@ -92,7 +93,9 @@ def readme_tables(check: bool = False) -> list[str]:
             changed.append(str(readme.relative_to(REPO)))
             if not check:
                 readme.write_text(text[:span[0]] + table + text[span[1]:])
-    return changed
+    from common.readme_tables import update_top_readme
+
+    return changed + update_top_readme(REPO, check)
 
 
 def _readme_tables(args: argparse.Namespace) -> int:
