@@ -1,7 +1,7 @@
 """``cookbook`` command line: prepare the embedded models, scaffold a new use case, list use cases.
 
     cookbook models                     # convert the embedded defaults once (idempotent)
-    cookbook new usecase-invoices --from usecase-chatbot
+    cookbook new invoices --method sft   # a skeleton use case (sft | dpo | vision-classify | vision-multitask)
     cookbook list
     cookbook results runs/chatbot        # a README-ready markdown table from a run's report.json
     cookbook readme-tables               # regenerate every README's results table from results/report.json
@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
@@ -39,17 +38,15 @@ def _models(_: argparse.Namespace) -> int:
 
 
 def _new(args: argparse.Namespace) -> int:
-    name = args.name if args.name.startswith("usecase-") else f"usecase-{args.name}"
-    src, dst = REPO / args.source, REPO / name
-    if dst.exists():
-        print(f"{dst} already exists", file=sys.stderr)
-        return 1
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("processed", "generated", "__pycache__", "runs"))
-    for path in dst.rglob("*"):
-        if path.is_file() and path.suffix in (".py", ".yaml", ".md"):
-            path.write_text(path.read_text().replace(src.name, name))
-    print(f"Created {dst} from {src.name}. Edit its data, prepare_data.py and README.md; "
-          f"tests/test_contract.py now runs it end to end.")
+    from common.errors import run_main
+    from common.scaffold import new_usecase
+
+    def scaffold() -> None:
+        folder = new_usecase(args.name, method=args.method, source=args.source, repo=REPO)
+        print(f"Created {folder.name}/. Replace its TODOs and sample data (CONTRIBUTING.md); "
+              f"tests/test_contract.py now runs it end to end.")
+
+    run_main(scaffold)
     return 0
 
 
@@ -120,9 +117,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cookbook", description="Fine-Tuning Cookbook helper commands.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("models", help="convert the embedded default models into the local cache").set_defaults(fn=_models)
-    new = sub.add_parser("new", help="scaffold a new use-case folder by copying an existing one")
-    new.add_argument("name")
-    new.add_argument("--from", dest="source", default="usecase-chatbot")
+    from common.scaffold import METHODS, describe
+
+    new = sub.add_parser("new", help="write a new use-case folder: a skeleton of one method, or a copy of a recipe",
+                         description=describe(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    new.add_argument("name", help="the use case's name: lowercase words joined by hyphens (usecase- is added)")
+    new.add_argument("--method", metavar="METHOD", help="the skeleton to write: " + " | ".join(METHODS))
+    new.add_argument("--from", dest="source", metavar="USECASE",
+                     help="instead: copy this recipe's code, configs and data (not its README or results)")
     new.set_defaults(fn=_new)
     sub.add_parser("list", help="list the use cases").set_defaults(fn=_list)
     results = sub.add_parser("results", help="print a markdown results table from a run's report.json")

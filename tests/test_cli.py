@@ -2,21 +2,33 @@
 
 import json
 
+import pytest
+
 from common import cli
+from common.scaffold import results_pending
 
 
 def test_new_copies_a_usecase_and_renames_references(tmp_path, monkeypatch, capsys):
     src = tmp_path / "usecase-chatbot"
     (src / "data" / "processed").mkdir(parents=True)
+    (src / "results").mkdir()
     (src / "train.py").write_text('CONFIG = "usecase-chatbot/config.yaml"\n')
+    (src / "chat.py").write_text("")
+    (src / "README.md").write_text("# The chatbot's long tutorial\n")
+    (src / "results" / "report.json").write_text("{}\n")
     (src / "data" / "processed" / "train.jsonl").write_text("{}\n")
     monkeypatch.setattr(cli, "REPO", tmp_path)
-    assert cli.main(["new", "invoices"]) == 0
+    assert cli.main(["new", "invoices", "--from", "chatbot"]) == 0
     dst = tmp_path / "usecase-invoices"
     assert (dst / "train.py").read_text() == 'CONFIG = "usecase-invoices/config.yaml"\n'
     assert not (dst / "data" / "processed").exists()  # generated data is not copied
-    assert cli.main(["new", "invoices"]) == 1  # never overwrites
-    assert "already exists" in capsys.readouterr().err
+    assert not (dst / "results").exists()  # nor the source's measured results
+    readme = (dst / "README.md").read_text()  # nor its tutorial: a short one to write, not yet run
+    assert "long tutorial" not in readme and "python usecase-invoices/chat.py --model_dir" in readme
+    assert results_pending(dst) and "{{" not in readme
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["new", "invoices", "--from", "chatbot"])  # never overwrites
+    assert exit_info.value.code == 2 and "already exists" in capsys.readouterr().err
 
 
 def test_results_prints_before_after_from_report(tmp_path, capsys):
