@@ -11,8 +11,9 @@ Each ``usecase-*`` folder declares its tier in ``ci.yaml``::
       severity_macro_f1: 0.02
     robustness: true            # optional (vision): the report's corruption table must be written and sane
 
-``make test-ci`` (and ``.ci/run``) runs this file; ``make test`` does not (``-m "not ci"``). The contract test
-(tests/test_contract.py) requires ``ci.yaml`` of every use case, so a new recipe cannot skip its tier.
+``make test-ci`` (and ``.ci/run``) runs this file; ``make test`` does not (``-m "not ci"``). Every ``usecase-*``
+folder is a case here: one without ``ci.yaml`` fails (and so does the contract test in ``make test``), so a new
+recipe cannot skip its tier. CONTRIBUTING.md explains the keys.
 """
 
 import json
@@ -26,7 +27,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-USECASES = sorted(p for p in REPO.glob("usecase-*") if (p / "ci.yaml").exists())
+USECASES = sorted(p for p in REPO.glob("usecase-*") if p.is_dir())
 
 
 def lookup(report: dict, dotted: str):
@@ -39,6 +40,7 @@ def lookup(report: dict, dotted: str):
 @pytest.mark.ci
 @pytest.mark.parametrize("folder", USECASES, ids=[p.name for p in USECASES])
 def test_ci_tier_beats_the_base_model(folder, tmp_path):
+    assert (folder / "ci.yaml").is_file(), f"{folder.name} has no ci.yaml: every recipe declares its CI tier"
     tier = yaml.safe_load((folder / "ci.yaml").read_text())
     run = tmp_path / "run"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}

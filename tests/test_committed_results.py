@@ -10,17 +10,24 @@ import pytest
 from common.cli import readme_tables
 from common.paths import machine_paths
 from common.readme_tables import top_table_span, usecase_table
+from common.scaffold import results_pending
 
 REPO = Path(__file__).resolve().parents[1]
 REPORTS = sorted(REPO.glob("usecase-*/results/**/*.json")) + sorted(REPO.glob("usecase-*/results/**/*.jsonl"))
 
 
 def test_every_usecase_readme_shows_a_generated_results_table():
+    pending = []
     for readme in sorted(REPO.glob("usecase-*/README.md")):
+        if results_pending(readme.parent):  # a new folder, its full run not committed yet (CONTRIBUTING.md)
+            pending.append(readme.parent.name)
+            continue
         assert f"results-table: generated from {readme.parent.name}/results/report.json" in readme.read_text(), (
             f"{readme.relative_to(REPO)} has no generated results table (see `cookbook readme-tables`)")
     assert readme_tables(check=True) == [], "README results tables differ from results/report.json: run " \
                                              "`cookbook readme-tables` and commit"
+    if pending:
+        pytest.skip(f"not yet run, no results table to check: {', '.join(pending)}")
 
 
 def test_top_readme_usecase_table_equals_the_committed_reports():
