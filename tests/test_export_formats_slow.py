@@ -1,6 +1,8 @@
 """Slow tier (``make test-export``; outside CI: llama-cpp-python is compiled from source first): a real chatbot run,
 converted to GGUF by llama.cpp's converter, loads in llama.cpp and answers the run's test questions as the merged
-model does in transformers -- the same text in f16; in q8_0 the same fact accuracy within one question.
+model does in transformers. f16: the same top-1 token at every prompt position, and the same answer text except
+where greedy decoding meets a near-tie (two tokens closer than the two runtimes' logits differ: any change of
+rounding may flip it). q8_0: the same fact accuracy within one question.
 
 The run is the chatbot's CI tier (the embedded SmolLM2-135M-Instruct, ~5 min on 2 cores), trained here; set
 ``COOKBOOK_EXPORT_RUN=runs/chatbot`` to check an existing run instead. Figures: docs/benchmarks.md (GGUF).
@@ -41,26 +43,29 @@ def chatbot_run(tmp_path_factory) -> Path:
     return run
 
 
-def _key_terms(run: Path, n: int) -> list[list[str]]:
-    rows = [json.loads(line) for line in (run / "data" / "test.jsonl").read_text().splitlines()[:n]]
-    return [r["key_terms"] for r in rows]
+def _key_terms(run: Path, rows: list[int]) -> list[list[str]]:
+    lines = (run / "data" / "test.jsonl").read_text().splitlines()
+    return [json.loads(lines[i])["key_terms"] for i in rows]
 
 
 def _check(run: Path, outtype: str, out: Path) -> dict:
     result = export_run(run, gguf=outtype, check=64, out_dir=out)
     check = result["check"]
-    keys = _key_terms(run, check["prompts"])
+    keys = _key_terms(run, check["rows"])
     for side in ("transformers", "llama_cpp"):
         check[f"fact_accuracy_{side}"] = key_terms_accuracy([a[side] for a in check["answers"]], keys)
     print(json.dumps({k: v for k, v in {**result, **check}.items() if k not in ("answers", "check")}, indent=1))
     assert check["same_prompt_tokenization"], "llama.cpp tokenizes the chat prompt differently"
+    noise = 2 * check["prompt_logits"]["max_abs_diff"]  # how far two tokens' logits can move between the runtimes
+    assert all(abs(m) <= noise for m in check["divergence_margins"]), (check["divergence_margins"], noise)
     return check
 
 
 def test_f16_gguf_answers_the_test_questions_like_transformers(chatbot_run, tmp_path):
     check = _check(chatbot_run, "f16", tmp_path)
+    assert check["prompt_logits"]["top1_agreement"] >= 0.999 and check["prompt_logits"]["max_abs_diff"] < 0.5
     differing = [a for a in check["answers"] if a["transformers"] != a["llama_cpp"]]
-    assert check["same_text"] == check["prompts"], differing
+    assert check["same_text"] >= 0.9 * check["prompts"], differing
 
 
 def test_q8_0_gguf_keeps_the_fact_accuracy(chatbot_run, tmp_path):
