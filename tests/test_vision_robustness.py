@@ -73,3 +73,12 @@ def test_a_photo_far_outside_the_training_photos_is_flagged():
     blurred = _photo(99).filter(ImageFilter.GaussianBlur(6))
     assert [w for w in photo_warnings(blurred, ranges) if w.startswith("too blurred")]
     assert photo_warnings(flat, {}) == []  # a run saved before the ranges existed: nothing to compare with
+
+
+def test_an_evenly_spaced_subset_keeps_a_class_ordered_split_balanced():
+    from common.vision.robustness import evenly_spaced
+
+    split = [c for c in "abcd" for _ in range(25)]  # 4 classes, 25 photos each, in class order
+    subset = evenly_spaced(split, 20)
+    assert len(subset) == 20 and {c: subset.count(c) for c in "abcd"} == {c: 5 for c in "abcd"}
+    assert evenly_spaced(split, None) == split and evenly_spaced(split, 500) == split

@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> dict:
     #    light, low resolution, a tilt), scored with the calibration fixed above -- on validation and on test.
     def corrupted_score(split):
         return lambda corrupt: evaluate(model, mt.MultiTaskDataset(
-            splits[split], tasks, vision.corrupted_transform(corrupt, tf[False])), table, calibration,
+            vision.evenly_spaced(splits[split], model_args.robustness_max_images), tasks,
+            vision.corrupted_transform(corrupt, tf[False])), table, calibration,
             mt_args.range_coverage)[0]
     robust_keys = [k for k in ("damage_macro_f1", "severity_accuracy", "cost_within_20pct") if k in after]
     robustness = {name: vision.corruption_report(corrupted_score(split), keys=robust_keys)

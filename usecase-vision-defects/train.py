@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> dict:
     #    light, low resolution, a tilt) -- on validation (where augmentation is chosen) and on test.
     def corrupted_score(split):
         return lambda corrupt: vision.evaluate_classifier(
-            model, vision.ImageDataset(splits[split], classes, vision.corrupted_transform(corrupt, eval_tf)),
+            model, vision.ImageDataset(vision.evenly_spaced(splits[split], model_args.robustness_max_images),
+                                       classes, vision.corrupted_transform(corrupt, eval_tf)),
             classes, throughput=False)
     robustness = {name: vision.corruption_report(corrupted_score(split), keys=("macro_f1",))
                   for name, split in (("validation", "val"), ("test", "test"))}

@@ -65,6 +65,8 @@ class VisionModelArguments:
     cam_method: str = field(default="gradcam", metadata={
         "help": "gradcam (per-channel weights; for the last stage) or layercam (per-position; early layers)."})
     cam_smooth: float = field(default=0.0, metadata={"help": "Gaussian blur of the heatmap, in pixels (0 = none)."})
+    robustness_max_images: int | None = field(default=None, metadata={
+        "help": "Corruption report: at most this many held-out photos per split, evenly spaced (null: all)."})
 
 
 def check_args(data: VisionDataArguments, model: VisionModelArguments, training: Any = None) -> None:
@@ -92,6 +94,8 @@ def check_args(data: VisionDataArguments, model: VisionModelArguments, training:
         raise bad("lora_r", model.lora_r, ">= 1 when method is lora")
     if model.probe_epochs < 1:
         raise bad("probe_epochs", model.probe_epochs, ">= 1")
+    if model.robustness_max_images is not None and model.robustness_max_images < 8:
+        raise bad("robustness_max_images", model.robustness_max_images, ">= 8, or null for every held-out photo")
     if model.cam_method not in CAM_METHODS:
         raise bad("cam_method", model.cam_method, f"one of {list(CAM_METHODS)}")
     if training is not None:

@@ -86,6 +86,14 @@ def corruption_report(score: Callable[[Callable | None], dict], keys: Sequence[s
     return out
 
 
+def evenly_spaced(items: Sequence, n: int | None) -> list:
+    """At most ``n`` of ``items``, evenly spaced (a class-ordered split stays balanced); all when ``n`` is None."""
+    items = list(items)
+    if n is None or n >= len(items):
+        return items
+    return [items[round(i * len(items) / n)] for i in range(n)]
+
+
 def corrupted_transform(corrupt: Callable | None, transform: Callable) -> Callable:
     """``transform`` with ``corrupt`` applied first (``None``: ``transform`` itself)."""
     if corrupt is None:
