@@ -6,7 +6,7 @@
     cookbook export runs/car-damage --onnx                # RUN_DIR/onnx/model.onnx, parity + speed vs PyTorch
 
 A text run (chatbot, legal, medical) exports its merged model (``RUN_DIR/merged``; a full fine-tune: the run folder
-itself) to GGUF; a vision run (vision-defects, car-damage) exports to ONNX. Every export of a text run first puts
+itself; a LoRA run saved without one: merged first, as train.py would) to GGUF; a vision run (vision-defects, car-damage) exports to ONNX. Every export of a text run first puts
 the run's before -> after metrics into the model card. What cannot work stops with one line naming the fix
 (:class:`~common.errors.ConfigError` / :class:`~common.errors.ModelPathError`, exit code 2 under ``run_main``):
 an unfinished run, a vision run to GGUF, a text run to ONNX, a missing optional extra.
@@ -48,15 +48,37 @@ def run_kind(run_dir: Path) -> str:
     return TEXT
 
 
-def text_model_dir(run_dir: Path) -> Path:
-    """The folder to convert: ``RUN_DIR/merged`` (LoRA runs), or the run folder of a full fine-tune."""
+def text_model_dir(run_dir: Path, report: dict) -> Path:
+    """The folder to convert: ``RUN_DIR/merged``; a full fine-tune's run folder; or, for a LoRA run saved without
+    a merged model (``export_merged: false``), ``RUN_DIR/merged`` written now by :func:`merge_adapter_run`."""
     from common.models import check_model_dir
 
     for folder in (run_dir / "merged", run_dir):
         if (folder / "config.json").is_file() and check_model_dir(folder) == "full":
             return folder
-    raise ModelPathError(f"{run_dir} has no merged model (merged/): it trained with export_merged: false. Fix: "
-                         f"re-run train.py with --export_merged true and a new --output_dir")
+    if (run_dir / "adapter_config.json").is_file():
+        return merge_adapter_run(run_dir, report)
+    raise ModelPathError(f"{run_dir} holds no model (neither merged/ nor an adapter): pass the folder that "
+                         f"train.py --output_dir wrote")
+
+
+def merge_adapter_run(run_dir: Path, report: dict) -> Path:
+    """Merge the run's LoRA adapter into its base weights as train.py does (parity-checked on the run's test
+    prompts, with the model card), into ``RUN_DIR/merged``."""
+    from common.export import merge_and_export
+    from common.gguf_check import held_out_conversations
+    from common.models import load_trained_causal_lm
+
+    model, tokenizer = load_trained_causal_lm(run_dir)  # ModelPathError for an incomplete adapter
+    system = settings(run_dir).get("system_prompt")
+    probe = [c for _, c in held_out_conversations(run_dir, 4, system)] if (run_dir / "data" / "test.jsonl").is_file() \
+        else [[{"role": "user", "content": "Hello"}]]
+    usecase = report.get("usecase", "model")
+    merge_and_export(model, tokenizer, run_dir / "merged", probe,
+                     card={"task": f"{usecase} (Fine-Tuning Cookbook)", "usecase": f"usecase-{usecase}",
+                           "base_model": report.get("model"), "primary_metric": report.get("primary_metric"),
+                           "data": f"see usecase-{usecase}/README.md"})
+    return run_dir / "merged"
 
 
 def settings(run_dir: Path) -> dict:
@@ -99,7 +121,7 @@ def export_run(run_dir: str | Path, gguf: str | None = None, onnx: bool = False,
     if onnx:
         raise ConfigError(f"{run_dir} is a text run: ONNX export covers the vision runs. Fix: cookbook export "
                           f"{run_dir} --gguf f16 (llama.cpp, Ollama)")
-    model_dir = text_model_dir(run_dir)
+    model_dir = text_model_dir(run_dir, report)
     if (model_dir / "README.md").is_file():
         from common.model_card import refresh_metrics
 

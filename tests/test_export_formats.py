@@ -286,10 +286,35 @@ def test_unfinished_run_is_refused(text_run, tmp_path, capsys):
     assert "not finished" in err and "resumes" in err and not (run / "gguf").exists()
 
 
-def test_text_run_without_merged_model_is_refused(tmp_path, capsys):
+def test_text_run_without_a_model_or_with_a_corrupt_adapter_is_refused(tmp_path, capsys):
     (tmp_path / "report.json").write_text(json.dumps({"usecase": "chatbot"}))
+    assert "holds no model" in _fails([tmp_path, "--gguf", "f16"], capsys)
     (tmp_path / "adapter_config.json").write_text("{}")
-    assert "--export_merged true" in _fails([tmp_path, "--gguf", "f16"], capsys)
+    assert "adapter_config.json: incomplete or corrupt" in _fails([tmp_path, "--card"], capsys)
+
+
+def test_lora_run_saved_without_merged_model_is_merged_first(text_run, tmp_path, capsys):
+    """A run trained with export_merged: false (the CI tiers): the adapter is merged as train.py would, card included."""
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(1)
+    base = AutoModelForCausalLM.from_pretrained(resolve_model(TINY_TEXT_ALIAS), dtype=torch.float32)
+    model = get_peft_model(base, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    model.save_pretrained(tmp_path)
+    load_tokenizer(TINY_TEXT_ALIAS).save_pretrained(tmp_path)
+    for name in ("report.json", "inference.json", "data"):
+        (shutil.copytree if name == "data" else shutil.copy)(text_run / name, tmp_path / name)
+    out = _export([tmp_path, "--card"], capsys)
+    assert out["card"] == str(tmp_path / "merged" / "README.md")
+    merged = load_file(tmp_path / "merged" / "model.safetensors")
+    original = load_file(Path(resolve_model(TINY_TEXT_ALIAS)) / "model.safetensors")
+    key = "model.layers.0.mlp.down_proj.weight"
+    assert merged[key].shape == original[key].shape and not torch.equal(merged[key], original[key])
+    card = ModelCard.load(out["card"])
+    assert {r.metric_type: r.metric_value for r in card.data.eval_results} == {"fact_accuracy": 0.8,
+                                                                               "abstention_rate": 0.7}
 
 
 def test_formats_for_the_other_kind_of_run_are_refused(text_run, tmp_path, capsys):

@@ -37,8 +37,8 @@ def chatbot_run(tmp_path_factory) -> Path:
         return Path(os.environ["COOKBOOK_EXPORT_RUN"])
     run = tmp_path_factory.mktemp("chatbot") / "run"
     proc = subprocess.run([sys.executable, "usecase-chatbot/train.py", "--config", "usecase-chatbot/config.ci.yaml",
-                           "--output_dir", str(run)], cwd=REPO, capture_output=True, text=True, timeout=1800,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                           "--output_dir", str(run), "--export_merged", "true"], cwd=REPO, capture_output=True,
+                          text=True, timeout=1800, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run
 
