@@ -66,8 +66,9 @@ def fetch_converter() -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         requirement = Path(tmp) / "requirements.txt"
         requirement.write_text(f"llama-cpp-python=={LLAMA_CPP_PYTHON} --hash=sha256:{SDIST_SHA256}\n")
-        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-                               "-r", str(requirement), "-d", tmp], capture_output=True, text=True)
+        # only this package from source: its build tools (needed to read its metadata) come as wheels
+        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary",
+                               "llama-cpp-python", "-r", str(requirement), "-d", tmp], capture_output=True, text=True)
         sdists = list(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
         if proc.returncode or not sdists:
             reason = (proc.stderr.strip().splitlines() or ["no archive downloaded"])[-1]
