@@ -7,7 +7,7 @@
 #   make test-slow   the full default run of every recipe (~10-20 min each on 2 cores); commit results/
 #   make bench       the cookbook's trainers vs plain TRL / timm on the same data (runs/bench/bench.json)
 #   make gguf-converter  llama.cpp's convert_hf_to_gguf.py from llama-cpp-python's PyPI source (make setup does it)
-#   make llama-cpp   build llama-cpp-python from source (the optional `llama` extra; ~15 min on 2 cores)
+#   make llama-cpp   build llama-cpp-python from source (the optional `llama` extra; 6-8 min on 2 cores)
 #   make test-export the slow GGUF check: a real chatbot run in llama.cpp vs transformers (needs make llama-cpp)
 
 PYTHON ?= python3

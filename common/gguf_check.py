@@ -29,7 +29,7 @@ import torch
 from common.errors import ConfigError
 
 LLAMA_HINT = ("pip install -e '.[llama]' (builds llama-cpp-python from source with the C++ compiler and cmake: "
-              "about 15 min on 2 cores; make llama-cpp)")
+              "6-8 min on 2 cores; make llama-cpp)")
 
 
 def require_llama_cpp() -> None:
